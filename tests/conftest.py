@@ -1,0 +1,63 @@
+"""Shared fixtures: where the build tree, llama.cpp's test tools and a C-loadable Dawn are."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# CI sets this so that tests needing a WebGPU adapter fail instead of skipping when none is found.
+REQUIRE_WEBGPU = os.environ.get("LLAMA_WEBGPU_REQUIRE_WEBGPU") == "1"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip (or, where CI requires WebGPU, fail) when a prerequisite is missing."""
+    if not condition:
+        if REQUIRE_WEBGPU:
+            pytest.fail(f"required for CI: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def webgpu_device():
+    """The WebGPU device of the installed package (lavapipe without a GPU)."""
+    import llama_webgpu as lw
+
+    found = lw.devices()
+    gpu = [d for d in found if d.is_webgpu]
+    need(bool(gpu), f"no WebGPU device: {found.webgpu_unavailable}")
+    return gpu[0]
+
+
+@pytest.fixture(scope="session")
+def build_dir() -> Path:
+    """The CMake build tree that `pip install .` left (pyproject.toml: build-dir)."""
+    caches = sorted((ROOT / "build").glob("*/CMakeCache.txt"))
+    need(bool(caches), "no build tree under build/: run `pip install .` from the repository")
+    return caches[-1].parent
+
+
+@pytest.fixture(scope="session")
+def test_backend_ops(build_dir: Path) -> Path:
+    """llama.cpp's test-backend-ops, built on demand in the package's build tree."""
+    subprocess.run(
+        ["cmake", "--build", str(build_dir), "--target", "test-backend-ops"],
+        check=True,
+        capture_output=True,
+    )
+    exe = build_dir / "bin" / "test-backend-ops"
+    assert exe.exists(), f"{exe} was not built"
+    return exe
+
+
+@pytest.fixture(scope="session")
+def dawn_shared_library() -> Path:
+    """A plain libwebgpu_dawn.so for C-only tools (from the rillfacet wheel, a test extra)."""
+    spec = importlib.util.find_spec("rillfacet")
+    path = Path(spec.origin).parent / "libwebgpu_dawn.so" if spec and spec.origin else None
+    need(path is not None and path.exists(), "rillfacet (a C-loadable Dawn) is not installed")
+    return path
