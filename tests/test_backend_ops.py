@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import need
 
 pytestmark = pytest.mark.webgpu
@@ -21,7 +22,10 @@ pytestmark = pytest.mark.webgpu
 # op -> regex over the case parameters selecting the cases CI runs (None: all of them).
 # Chosen to cover the types and shapes LLM inference uses while fitting CI's time.
 CI_CASES: dict[str, str | None] = {
-    "MUL_MAT": r"type_a=(f32|f16|q4_0|q4_1|q8_0|q4_K|q5_K|q6_K|iq4_nl),type_b=f32,m=16,n=(1|9),k=256,bs=\[1,1\]",
+    "MUL_MAT": (
+        r"type_a=(f32|f16|q4_0|q4_1|q8_0|q4_K|q5_K|q6_K|iq4_nl),type_b=f32,m=16,n=(1|9),k=256,"
+        r"bs=\[1,1\]"
+    ),
     "MUL_MAT_ID": r"type_a=(f16|q4_0|q4_K),type_b=f32,n_mats=4,n_used=2,b=0,m=512,n=(1|32),k=256",
     "GET_ROWS": None,
     "SET_ROWS": None,
@@ -34,7 +38,10 @@ CI_CASES: dict[str, str | None] = {
     "ROPE": r"type=f32,ne_a=\[128,",
     "SOFT_MAX": r"type=f32,ne=\[16,16,",
     "GLU": r"type=f32",
-    "FLASH_ATTN_EXT": r"hsk=64,hsv=64,nh=4,nr23=\[1,1\],kv=512,nb=(1|8),mask=1,sinks=0,max_bias=0\.000000,logit_softcap=0\.000000,prec=f32,type_KV=(f16|q8_0)",
+    "FLASH_ATTN_EXT": (
+        r"hsk=64,hsv=64,nh=4,nr23=\[1,1\],kv=512,nb=(1|8),mask=1,sinks=0,max_bias=0\.000000,"
+        r"logit_softcap=0\.000000,prec=f32,type_KV=(f16|q8_0)"
+    ),
     "ARGMAX": None,
 }
 

@@ -1,4 +1,4 @@
-"""devices(): the CPU is always there; WebGPU is there when Dawn finds an adapter, else explained."""
+"""devices(): the CPU is always listed; WebGPU when Dawn finds an adapter, else explained."""
 
 from __future__ import annotations
 
