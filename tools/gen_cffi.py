@@ -21,9 +21,15 @@ The cdef is derived from the vendored llama.cpp headers, not written by hand:
    only with ``--procs-header``, and the ``extern "Python"`` callbacks).
 6. Whatever cffi's own cdef parser rejects is dropped (declaration by declaration).
 7. The C source includes the real headers and, for GCC/Clang, one ``_Static_assert``
-   per function and callback comparing cffi's view of its type with the header's, so
-   signature drift is a compile error, not a crash at run time.  cffi itself adds the
-   struct field checks.  ``ffi.emit_c_code`` writes it; nothing is compiled here.
+   per function, ``extern "Python"`` callback and struct field comparing cffi's view of
+   its type with the header's, so drift is a compile error, not a crash at run time
+   (cffi itself only compares struct sizes and offsets, at run time).
+   ``ffi.emit_c_code`` writes it; nothing is compiled here.
+
+Functions are also left out when they cannot be linked: :data:`UNDEFINED_UPSTREAM`
+(declared, defined nowhere), ``--exclude NAME``, and with ``--backend-dl`` (llama.cpp
+built with GGML_BACKEND_DL) those of ``ggml-cpu.h``, whose code is in a backend module
+that is only dlopen()ed at run time.
 
 Outputs are only rewritten when their content changes, which keeps CMake incremental.
 """
@@ -36,13 +42,14 @@ import dataclasses
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cffi import FFI, CDefError, FFIError
+from cffi import FFI, CDefError, FFIError, VerificationError, model
 from pycparser import c_ast, c_generator, c_parser
 from pycparser.c_parser import ParseError
 
@@ -182,7 +189,7 @@ def preprocess(llama_dir: Path, cc: str, workdir: Path) -> tuple[str, dict[str, 
         (stubs / name).write_text(text)
     wrapper = workdir / "lw_cffi_input.c"
     wrapper.write_text("".join(f'#include "{h}"\n' for h in HEADERS))
-    base = [cc, "-E", "-nostdinc", "-std=c11", f"-I{stubs}"]
+    base = [*shlex.split(cc), "-E", "-nostdinc", "-std=c11", f"-I{stubs}"]
     base += [f"-I{d}" for d in _include_dirs(llama_dir)]
     text = _run_cc([*base, str(wrapper)])
     macros: dict[str, str] = {}
@@ -271,6 +278,12 @@ def strip_gnu_extensions(text: str) -> tuple[str, set[str], list[str]]:
 # --------------------------------------------------------------------------- AST filtering
 
 
+def _c_div(a: int, b: int) -> int:
+    """C integer division: truncates toward zero."""
+    q = abs(a) // abs(b)
+    return q if (a < 0) == (b < 0) else -q
+
+
 def _const_int(node: c_ast.Node | None) -> int | None:
     """Evaluate a plain integer constant expression, or None."""
     if isinstance(node, c_ast.Constant):
@@ -294,10 +307,8 @@ def _const_int(node: c_ast.Node | None) -> int | None:
             "+": lambda: a + b,
             "-": lambda: a - b,
             "*": lambda: a * b,
-            "/": lambda: (abs(a) // abs(b)) * (1 if (a < 0) == (b < 0) else -1) if b else None,
-            "%": lambda: (
-                a - b * (abs(a) // abs(b)) * (1 if (a < 0) == (b < 0) else -1) if b else None
-            ),
+            "/": lambda: _c_div(a, b) if b else None,
+            "%": lambda: a - b * _c_div(a, b) if b else None,
             "<<": lambda: a << b,
             ">>": lambda: a >> b,
             "|": lambda: a | b,
@@ -541,14 +552,38 @@ def _callback_notes(cdef: str) -> dict[str, str]:
     return notes
 
 
+def _field_checks(c_name: str, tp: model.StructOrUnion) -> list[str]:
+    """``_Static_assert`` lines: each field of a struct/union has cffi's type in C too.
+
+    cffi itself only compares sizes and offsets, and only when the module runs.
+    """
+    checks: list[str] = []
+    for field, ftp, bitsize, _quals in tp.enumfields():
+        if bitsize >= 0:
+            continue  # __typeof__ does not apply to bit-fields
+        access = f"(({c_name} *)0)->{field}"
+        if isinstance(ftp, model.ArrayType) and ftp.length == "...":
+            access, ftp = f"{access}[0]", ftp.item  # length left to the compiler
+        try:
+            ctype = ftp.get_c_name("")
+        except VerificationError:
+            continue
+        checks.append(
+            f"_Static_assert(__builtin_types_compatible_p(__typeof__({access}), {ctype}), "
+            f'"cffi cdef of {c_name}.{field} differs from the C header");'
+        )
+    return checks
+
+
 def _type_checks(ffi: FFI, cdef: str) -> list[str]:
-    """``_Static_assert`` lines: cffi's type of each function/callback == the header's."""
+    """``_Static_assert`` lines: cffi's type of each function, callback and struct field
+    is the one the headers give it."""
     parser = getattr(ffi, "_parser", None)
     decls = getattr(parser, "_declarations", None)
     if not isinstance(decls, dict):
         print(
             "gen_cffi: warning: this cffi version hides its parsed declarations; "
-            "the C source will not check function signatures",
+            "the C source will not check function signatures and struct fields",
             file=sys.stderr,
         )
         return []
@@ -556,17 +591,27 @@ def _type_checks(ffi: FFI, cdef: str) -> list[str]:
     # by a plain redeclaration instead: a mismatch is a "conflicting types" error.
     noreturn = set(_NORETURN.findall(cdef))
     checks: list[str] = []
+    structs_seen: set[int] = set()
     for key, (tp, _quals) in decls.items():
         kind, _, name = key.partition(" ")
+        if isinstance(tp, model.StructOrUnion) and tp.fldnames is not None:
+            if id(tp) not in structs_seen:
+                structs_seen.add(id(tp))
+                with contextlib.suppress(VerificationError):
+                    checks += _field_checks(tp.get_c_name(""), tp)
+            continue
         if kind != "function":
             continue
-        if name in noreturn:
-            checks.append(tp.as_raw_function().get_c_name(" " + name) + ";")
-            continue
-        checks.append(
-            f"_Static_assert(__builtin_types_compatible_p(__typeof__(&{name}), "
-            f'{tp.get_c_name("")}), "cffi cdef of {name}() differs from the C header");'
-        )
+        try:
+            if name in noreturn:
+                checks.append(tp.as_raw_function().get_c_name(" " + name) + ";")
+                continue
+            checks.append(
+                f"_Static_assert(__builtin_types_compatible_p(__typeof__(&{name}), "
+                f'{tp.get_c_name("")}), "cffi cdef of {name}() differs from the C header");'
+            )
+        except VerificationError as exc:  # a type cffi cannot spell in C
+            print(f"gen_cffi: warning: {name}() left unchecked: {exc}", file=sys.stderr)
     for name, typedef in _callback_notes(cdef).items():
         entry = decls.get(f"extern_python {name}")
         if entry is None:
@@ -596,8 +641,8 @@ def emit_c_source(cdef: str, module: str, procs_header: str | None = None) -> st
             "/* Generated by tools/gen_cffi.py: do not edit. */",
             *includes,
             "",
-            "/* Each function and callback of the cdef, as cffi sees it, must have the type",
-            "   the headers give it: drift is a compile error, not a crash at run time. */",
+            "/* Each function, callback and struct field of the cdef, as cffi sees it, must",
+            "   have the type the headers give it: drift is a compile error, not a crash. */",
             "#if (defined(__GNUC__) || defined(__clang__)) && __STDC_VERSION__ >= 201112L",
             *checks,
             "#endif",
@@ -690,7 +735,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--exclude", action="append", default=[], metavar="NAME", help="leave out a function"
     )
     ap.add_argument("--extra", type=Path, default=DEFAULT_EXTRA, help="hand-written cdef")
-    ap.add_argument("--cc", default=os.environ.get("CC") or "gcc", help="C preprocessor driver")
+    ap.add_argument(
+        "--cc",
+        default=os.environ.get("CC") or "gcc",
+        help="GCC-compatible compiler driver used as the preprocessor (default: $CC or gcc)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="list what was dropped")
     return ap.parse_args(argv)
 
