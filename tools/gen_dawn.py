@@ -165,6 +165,7 @@ EXTRA_METHODS: dict[str, list[tuple[str, str]]] = {
 
 ENV_VAR = "LLAMA_WEBGPU_DAWN_LIB"
 CDEF_FILES = ("webgpu_cdef.h", "webgpu_native_extra_cdef.h")
+INTS = {"int", "size_t", "int32_t", "uint16_t", "uint32_t", "uint64_t", "WGPUFlags"}
 PRELUDE_TYPES = {"WGPUChainedStruct", "WGPUStringView"}  # hand-written in the C++ prelude
 
 # --- Model --------------------------------------------------------------------------------------
@@ -744,6 +745,9 @@ class CppGen:
         plain = ", ".join(f"{self.cpp_type(p.type, param=True)} {p.name}" for p in params)
         decls.append(f"inline {ret} {method}({decl_params}){const};")
         defs.append(f"inline {ret} {qual}{method}({plain}){const} {{")
+        for p in params:  # an out-struct that owns memory frees it before being filled again
+            if p.type.base in self.free_members and p.type.ptrs == (False,):
+                defs.append(f"    if ({p.name} != nullptr) {p.name}->FreeMembers();")
         defs += [*self.call(fn, this_arg + [self.to_c(p.name, p.type) for p in params]), "}"]
         info = params[-1].type.base if params else ""
         if info in self.cb_infos and not params[-1].type.ptrs:
@@ -779,7 +783,8 @@ class CppGen:
         for h in self.api.handles:
             name = cpp_name(h)
             fns = {f.name: f for f in self.handle_fns[h]}
-            addref, _release = fns.pop(f"wgpu{name}AddRef", None), fns.pop(f"wgpu{name}Release")
+            addref = fns.pop(f"wgpu{name}AddRef", None)
+            fns.pop(f"wgpu{name}Release")  # AddRef and Release are used by ObjectBase
             decls += [
                 f"class {name} : public detail::ObjectBase<{name}, {h}> {{",
                 "  public:",
@@ -890,7 +895,9 @@ class CppGen:
             return "false"
         if m.type.ptrs or m.type.base in self.handles or m.type.base in self.api.callbacks:
             return "nullptr"
-        return "{}"
+        return {"float": "0.0f", "double": "0.0"}.get(
+            m.type.base, "0" if m.type.base in INTS else "{}"
+        )
 
     def gen_struct(self, struct: str) -> list[str]:
         name, members = cpp_name(struct), self.api.structs[struct]
@@ -948,18 +955,15 @@ class CppGen:
     def gen_free_members(
         self, struct: str, name: str, members: list[Param], fn: Function
     ) -> list[str]:
-        """Move-only out-struct whose members the implementation allocated."""
-        owned = []
-        for m in members:
-            if m.name == "nextInChain":
-                continue
-            if m.type.base == "WGPUStringView" and not m.type.ptrs:
-                owned.append(f"{m.name}.data != nullptr")
-            elif m.type.ptrs:
-                owned.append(f"{m.name} != nullptr")
-        cond = " || ".join(owned) or "true"
-        take = [f"        {m.name} = rhs.{m.name};" for m in members]
-        reset = [f"        rhs.{m.name} = {self.member_default(struct, m)};" for m in members]
+        """Move-only out-struct whose members the implementation allocates."""
+        owned = [
+            f"{m.name}.data != nullptr"
+            if m.type.base == "WGPUStringView"
+            else f"{m.name} != nullptr"
+            for m in members
+            if m.name != "nextInChain" and (m.type.ptrs or m.type.base == "WGPUStringView")
+        ]
+        data = [m for m in members if m.name != "nextInChain"]
         return [
             f"    ~{name}() {{ FreeMembers(); }}",
             f"    {name}({name} const&) = delete;",
@@ -972,14 +976,18 @@ class CppGen:
             "        }",
             "        return *this;",
             "    }",
+            "    // Frees what the implementation allocated; resets the members, not the chain.",
+            "    void FreeMembers() {",
+            f"        if ({' || '.join(owned) or 'true'}) {{",
+            f"            {fn.name}(detail::AsC<{struct}>(*this));",
+            "        }",
+            *(f"        {m.name} = {self.member_default(struct, m)};" for m in data),
+            "    }",
             "",
             "  private:",
-            "    void FreeMembers() {",
-            f"        if ({cond}) {fn.name}(detail::AsC<{struct}>(*this));",
-            "    }",
             f"    void TakeFrom({name}& rhs) {{",
-            *take,
-            *reset,
+            *(f"        {m.name} = rhs.{m.name};" for m in members),
+            *(f"        rhs.{m.name} = {self.member_default(struct, m)};" for m in data),
             "    }",
             "",
             "  public:",
@@ -1135,7 +1143,7 @@ static int lwgpu_load(const char *path, int overwrite, char *err, size_t err_siz
     lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (lib == NULL) {
         const char *why = dlerror();
-        snprintf(err, err_size, "cannot load %s: %s", path, why ? why : "unknown error");
+        snprintf(err, err_size, "dlopen failed: %s", why ? why : path);
         return -1;
     }
     for (i = 0; i < LWGPU_COUNT; i++) {
