@@ -206,8 +206,10 @@ int uses(wgpu::Instance instance, wgpu::Buffer buffer, wgpu::Queue queue,
     pass.SetBindGroup(0, nullptr);
     pass.DispatchWorkgroups(4);
     const void* range = buffer.GetConstMappedRange();
+    wgpu::Buffer copy = buffer;
+    bool same = copy == buffer && nullptr != copy;
     pass = nullptr;
-    return n + (range != nullptr) + (buffer != nullptr) + (pass ? 1 : 0) + (int) moved.vendorID;
+    return n + (range != nullptr) + same + (pass ? 1 : 0) + (int) moved.vendorID;
 }
 """
 

@@ -98,48 +98,37 @@ MEMBER_DEFAULTS: dict[tuple[str, str], str] = {
 # Structs whose every integer member defaults to "undefined limit".
 LIMIT_STRUCTS = {"Limits", "CompatibilityModeLimits", "DawnHostMappedPointerLimits"}
 
+
+def _defaults(methods: str, args: str) -> dict[str, dict[str, str]]:
+    values = dict(a.split("=") for a in args.split())
+    return {m: values for m in methods.split()}
+
+
 # Trailing default arguments of C++ methods ("Class.Method", or a free function's name).
+_RENDER = "RenderPassEncoder.{0} RenderBundleEncoder.{0}"
 DEFAULT_ARGS: dict[str, dict[str, str]] = {
-    "Buffer.GetMappedRange": {"offset": "0", "size": "kWholeMapSize"},
-    "Buffer.GetConstMappedRange": {"offset": "0", "size": "kWholeMapSize"},
-    "CommandEncoder.BeginComputePass": {"descriptor": "nullptr"},
-    "CommandEncoder.ClearBuffer": {"offset": "0", "size": "kWholeSize"},
-    "CommandEncoder.Finish": {"descriptor": "nullptr"},
-    "ComputePassEncoder.DispatchWorkgroups": {"workgroupCountY": "1", "workgroupCountZ": "1"},
-    "ComputePassEncoder.SetBindGroup": {"dynamicOffsetCount": "0", "dynamicOffsets": "nullptr"},
-    "RenderPassEncoder.SetBindGroup": {"dynamicOffsetCount": "0", "dynamicOffsets": "nullptr"},
-    "RenderBundleEncoder.SetBindGroup": {"dynamicOffsetCount": "0", "dynamicOffsets": "nullptr"},
-    "RenderPassEncoder.Draw": {"instanceCount": "1", "firstVertex": "0", "firstInstance": "0"},
-    "RenderBundleEncoder.Draw": {"instanceCount": "1", "firstVertex": "0", "firstInstance": "0"},
-    "RenderPassEncoder.DrawIndexed": {
-        "instanceCount": "1",
-        "firstIndex": "0",
-        "baseVertex": "0",
-        "firstInstance": "0",
-    },
-    "RenderBundleEncoder.DrawIndexed": {
-        "instanceCount": "1",
-        "firstIndex": "0",
-        "baseVertex": "0",
-        "firstInstance": "0",
-    },
-    "RenderPassEncoder.SetVertexBuffer": {"offset": "0", "size": "kWholeSize"},
-    "RenderBundleEncoder.SetVertexBuffer": {"offset": "0", "size": "kWholeSize"},
-    "RenderPassEncoder.SetIndexBuffer": {"offset": "0", "size": "kWholeSize"},
-    "RenderBundleEncoder.SetIndexBuffer": {"offset": "0", "size": "kWholeSize"},
-    "RenderPassEncoder.MultiDrawIndirect": {
-        "drawCountBuffer": "nullptr",
-        "drawCountBufferOffset": "0",
-    },
-    "RenderPassEncoder.MultiDrawIndexedIndirect": {
-        "drawCountBuffer": "nullptr",
-        "drawCountBufferOffset": "0",
-    },
-    "RenderBundleEncoder.Finish": {"descriptor": "nullptr"},
-    "Device.CreateCommandEncoder": {"descriptor": "nullptr"},
-    "Device.CreateSampler": {"descriptor": "nullptr"},
-    "Texture.CreateView": {"descriptor": "nullptr"},
-    "CreateInstance": {"descriptor": "nullptr"},
+    **_defaults("Buffer.GetMappedRange Buffer.GetConstMappedRange", "offset=0 size=kWholeMapSize"),
+    **_defaults("CommandEncoder.BeginComputePass CommandEncoder.Finish", "descriptor=nullptr"),
+    **_defaults("Device.CreateCommandEncoder Device.CreateSampler", "descriptor=nullptr"),
+    **_defaults(
+        "Texture.CreateView RenderBundleEncoder.Finish CreateInstance", "descriptor=nullptr"
+    ),
+    **_defaults("CommandEncoder.ClearBuffer", "offset=0 size=kWholeSize"),
+    **_defaults("ComputePassEncoder.DispatchWorkgroups", "workgroupCountY=1 workgroupCountZ=1"),
+    **_defaults(
+        "ComputePassEncoder.SetBindGroup " + _RENDER.format("SetBindGroup"),
+        "dynamicOffsetCount=0 dynamicOffsets=nullptr",
+    ),
+    **_defaults(_RENDER.format("Draw"), "instanceCount=1 firstVertex=0 firstInstance=0"),
+    **_defaults(
+        _RENDER.format("DrawIndexed"), "instanceCount=1 firstIndex=0 baseVertex=0 firstInstance=0"
+    ),
+    **_defaults(_RENDER.format("SetVertexBuffer"), "offset=0 size=kWholeSize"),
+    **_defaults(_RENDER.format("SetIndexBuffer"), "offset=0 size=kWholeSize"),
+    **_defaults(
+        "RenderPassEncoder.MultiDrawIndirect RenderPassEncoder.MultiDrawIndexedIndirect",
+        "drawCountBuffer=nullptr drawCountBufferOffset=0",
+    ),
 }
 
 # Chained extension structs filled in by the implementation (they derive from ChainedStructOut);
@@ -275,7 +264,7 @@ def parse(texts: list[str]) -> Api:
         if type_name in api.flags:
             api.flags[type_name].append((full, value))
         elif type_name == "int" and enum in api.enums:
-            if all(v != value for _, v in api.enums[enum]):
+            if all(n != full for n, _ in api.enums[enum]):
                 api.enums[enum].append((full, value))
         else:
             raise ValueError(f"constant {full} of type {type_name} belongs to no enum")
@@ -1175,7 +1164,8 @@ static void lwgpu_autoload(void) {
 static void lwgpu_fail(size_t i) {
     const char *path = getenv(LWGPU_PROCS_ENV);
     fprintf(stderr, "llama_webgpu: %s() was called, but no WebGPU implementation (Dawn) is loaded "
-                    "for it.\n", lwgpu_names[i]);
+                    "for it (%d of the %d wgpu* functions are).\n", lwgpu_names[i],
+            (int) (LWGPU_COUNT - lwgpu_procs_missing()), (int) LWGPU_COUNT);
     if (path != NULL && path[0] != '\0') {
         if (lwgpu_autoload_error[0] != '\0') {
             fprintf(stderr, "  %s=%s was tried: %s\n", LWGPU_PROCS_ENV, path, lwgpu_autoload_error);
@@ -1247,9 +1237,12 @@ def gen_procs_c(api: Api) -> str:
     index = {f.name: i for i, f in enumerate(fns)}
     out = [
         f"/* {HEADER_NOTE} */",
-        "#define _GNU_SOURCE",
+        "#define _POSIX_C_SOURCE 200809L",
         '#include "llama_webgpu_procs.h"',
+        "/* the wgpu* entry points are exported even where symbols default to hidden */",
+        "#pragma GCC visibility push(default)",
         '#include "webgpu/webgpu.h"',
+        "#pragma GCC visibility pop",
         "",
     ]
     out += [f"#include <{h}>" for h in ("dlfcn.h", "pthread.h", "stdatomic.h", "stdio.h")]
