@@ -899,6 +899,8 @@ class CppGen:
         out = [f"struct {name}{base} {{"]
         frees = self.free_members.get(struct)
         if chained:
+            if all(n != f"WGPUSType_{name}" for n, _ in self.api.enums["WGPUSType"]):
+                raise ValueError(f"chained struct {struct} has no WGPUSType_{name}")
             out.append(f"    {name}() : {chain_type}{{nullptr, SType::{name}}} {{}}")
         elif frees:
             out.append(f"    {name}() = default;")
