@@ -23,11 +23,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from . import _cffi
 from ._cffi import ffi, lib
 from .errors import LlamaError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-LIB_DIR = PACKAGE_DIR / "lib"
+# The shared libraries sit beside the compiled extension (in an editable install that is
+# site-packages, not the source tree).
+LIB_DIR = Path(_cffi.__file__).resolve().parent / "lib"
 WEBGPU_MODULE = LIB_DIR / "libggml-webgpu.so"
 WEBGPU_REG_NAME = "WebGPU"
 DAWN_LIB_ENV = "LLAMA_WEBGPU_DAWN_LIB"
