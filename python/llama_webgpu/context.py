@@ -113,6 +113,7 @@ class Context:
         self.model = model  # a context keeps its model alive
         self.params = params
         self.tokens: list[int] = []  # what sequence 0 holds, in order
+        self._restored_logits: np.ndarray | None = None  # set by load_state until the next eval
         self._abort_requested = False
         self._abort_error: BaseException | None = None
         self._lock = threading.Lock()
@@ -188,6 +189,7 @@ class Context:
         """Forget every token (clear the KV cache)."""
         lib.llama_memory_clear(self.memory, True)
         self.tokens = []
+        self._restored_logits = None
 
     def truncate(self, n: int) -> None:
         """Keep the first n tokens of sequence 0, drop the rest from the KV cache."""
@@ -234,6 +236,7 @@ class Context:
             b.logits[i] = 1 if all_outputs or (last and i == n - 1) else 0
         self._abort_requested = False
         self._abort_error = None
+        self._restored_logits = None
         _native.take_native_errors()
         rc = lib.llama_decode(self.ptr, b)
         if rc == 0:
@@ -259,6 +262,8 @@ class Context:
         """Next-token logits after the last eval (a copy, float32, n_vocab long)."""
         if not self.tokens:
             raise LlamaError("no tokens evaluated yet")
+        if self._restored_logits is not None:
+            return self._restored_logits.copy()
         return self._logits_ptr(-1).copy()
 
     def prefill(self, tokens: Sequence[int]) -> int:
@@ -333,10 +338,11 @@ class Context:
         size = lib.llama_state_get_size(self.ptr)
         buf = ffi.new("uint8_t[]", size)
         written = lib.llama_state_get_data(self.ptr, buf, size)
-        header = _STATE_MAGIC + struct.pack("<I", len(self.tokens))
-        return (
-            header + struct.pack(f"<{len(self.tokens)}i", *self.tokens) + ffi.unpack(buf, written)
-        )
+        n = len(self.tokens)
+        # llama.cpp's state holds the KV cache but not the logits: keep the last ones with it
+        logits = self.logits().tobytes() if n else b""
+        header = _STATE_MAGIC + struct.pack(f"<I{n}iI", n, *self.tokens, len(logits))
+        return header + logits + ffi.buffer(buf, written)[:]
 
     def load_state(self, data: bytes) -> None:
         """Restore what save_state() returned (for the same model and context size)."""
@@ -347,13 +353,20 @@ class Context:
         if n > self.n_ctx or len(data) < start + 4 * n:
             raise LlamaError("the saved state does not fit this context")
         tokens = list(struct.unpack_from(f"<{n}i", data, start))
-        body = data[start + 4 * n :]
+        start += 4 * n
+        (n_logits,) = struct.unpack_from("<I", data, start)
+        start += 4
+        if n_logits not in (0, 4 * self.n_vocab) or len(data) < start + n_logits:
+            raise LlamaError("the saved state is from another model")
+        logits = np.frombuffer(data, np.float32, n_logits // 4, start).copy()
+        body = data[start + n_logits :]
         self.reset()
         _native.take_native_errors()
         if lib.llama_state_set_data(self.ptr, body, len(body)) != len(body):
             self.reset()
             raise _native.fail(LlamaError, "the saved state could not be loaded")
         self.tokens = tokens
+        self._restored_logits = logits if n_logits else None
 
     def save_state_file(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_bytes(self.save_state())
