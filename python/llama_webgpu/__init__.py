@@ -14,6 +14,15 @@ from .errors import (
     ModelLoadError,
     TokenizeError,
 )
+from .generate import (
+    GenerationResponse,
+    GenerationResult,
+    generate,
+    generate_step,
+    stream_generate,
+)
+from .json_schema import json_schema_to_gbnf
+from .sampling import Sampler, SamplingParams, make_sampler, token_logprobs
 
 __version__ = "0.1.0"
 
@@ -25,10 +34,20 @@ __all__ = [
     "DecodeError",
     "Device",
     "DeviceList",
+    "GenerationResponse",
+    "GenerationResult",
     "GrammarError",
     "LlamaError",
     "ModelLoadError",
+    "Sampler",
+    "SamplingParams",
     "TokenizeError",
     "__version__",
     "devices",
+    "generate",
+    "generate_step",
+    "json_schema_to_gbnf",
+    "make_sampler",
+    "stream_generate",
+    "token_logprobs",
 ]
