@@ -35,5 +35,9 @@ class GrammarError(LlamaError):
     """A GBNF grammar or JSON schema could not be parsed or compiled."""
 
 
+class ChatTemplateError(LlamaError):
+    """A chat template could not be parsed or rendered, or tried something the sandbox forbids."""
+
+
 class ClosedError(LlamaError):
     """An object was used after close()."""
