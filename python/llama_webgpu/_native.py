@@ -35,6 +35,8 @@ WEBGPU_REG_NAME = "WebGPU"
 DAWN_LIB_ENV = "LLAMA_WEBGPU_DAWN_LIB"
 
 native_log = logging.getLogger("llama_webgpu.native")
+# quiet unless the application configures logging (llama.cpp warns about many harmless things)
+logging.getLogger("llama_webgpu").addHandler(logging.NullHandler())
 
 _init_lock = threading.Lock()
 _initialized = False
