@@ -456,3 +456,19 @@ def test_json_object_grammar_rejects_what_is_not_a_json_object(smollm2, text):
 def test_malformed_grammar_does_not_compile(smollm2):
     sampler = lib.llama_sampler_init_grammar(smollm2.vocab, b'root ::= "{" value', b"root")
     assert sampler == ffi.NULL
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}},
+    ],
+)
+def test_response_format_kwargs_build_a_sampler(smollm2, response_format):
+    from llama_webgpu.sampling import SamplingParams, make_sampler
+
+    params = SamplingParams(**response_format_kwargs(response_format))
+    with make_sampler(smollm2, params) as sampler:
+        assert sampler.grammar

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from .chat import ChatFormatter, assistant_message, parse_tool_calls, response_format_kwargs
 from .devices import Device, DeviceList, devices
 from .errors import (
     BackendError,
+    ChatTemplateError,
     ClosedError,
     ContextError,
     ContextFullError,
@@ -21,6 +23,7 @@ from .generate import (
     generate_step,
     stream_generate,
 )
+from .hub import download_gguf
 from .json_schema import json_schema_to_gbnf
 from .sampling import Sampler, SamplingParams, make_sampler, token_logprobs
 
@@ -28,6 +31,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "ChatFormatter",
+    "ChatTemplateError",
     "ClosedError",
     "ContextError",
     "ContextFullError",
@@ -43,11 +48,15 @@ __all__ = [
     "SamplingParams",
     "TokenizeError",
     "__version__",
+    "assistant_message",
     "devices",
+    "download_gguf",
     "generate",
     "generate_step",
     "json_schema_to_gbnf",
     "make_sampler",
+    "parse_tool_calls",
+    "response_format_kwargs",
     "stream_generate",
     "token_logprobs",
 ]
