@@ -39,7 +39,7 @@ def _env_true(name: str) -> bool:
 def _offline(hub: Any) -> bool:
     # huggingface_hub reads HF_HUB_OFFLINE when it is imported; read it again in case it was set
     # afterwards.
-    return hub.constants.is_offline_mode() or _env_true("HF_HUB_OFFLINE")
+    return bool(getattr(hub.constants, "HF_HUB_OFFLINE", False)) or _env_true("HF_HUB_OFFLINE")
 
 
 def _cached_files(
