@@ -18,7 +18,7 @@ from .errors import ClosedError, ContextError, ContextFullError, DecodeError, Ll
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .model import Model
+    from .model import LoraAdapter, Model
 
 _POOLING = {
     None: lib.LLAMA_POOLING_TYPE_UNSPECIFIED,
@@ -114,6 +114,7 @@ class Context:
         self.params = params
         self.tokens: list[int] = []  # what sequence 0 holds, in order
         self._restored_logits: np.ndarray | None = None  # set by load_state until the next eval
+        self.loras: dict[LoraAdapter, float] = {}
         self._abort_requested = False
         self._abort_error: BaseException | None = None
         self._lock = threading.Lock()
@@ -291,6 +292,25 @@ class Context:
         out = self.eval(tokens, all_logits=True)
         assert out is not None
         return out
+
+    # -- LoRA -------------------------------------------------------------------------------------
+
+    def set_loras(self, adapters: dict[LoraAdapter, float]) -> None:
+        """Apply these LoRA adapters with these scales (replacing the current set; {} clears)."""
+        from .model import _check_lora_owner
+
+        items = list(adapters.items())
+        for adapter, scale in items:
+            _check_lora_owner(self.model, adapter)
+            if not isinstance(scale, int | float) or not np.isfinite(scale):
+                raise ValueError(f"LoRA scale must be a finite number, not {scale!r}")
+        ptrs = ffi.new("struct llama_adapter_lora *[]", [a.ptr for a, _ in items] or 1)
+        scales = ffi.new("float[]", [float(s) for _, s in items] or 1)
+        if lib.llama_set_adapters_lora(self.ptr, ptrs, len(items), scales) != 0:
+            raise _native.fail(LlamaError, "failed to set the LoRA adapters")
+        self.loras = dict(items)
+        # cached KV entries were computed without (or with other) adapters
+        self.reset()
 
     # -- embeddings -----------------------------------------------------------------------------
 

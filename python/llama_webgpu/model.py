@@ -9,10 +9,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from . import _native
 from ._native import c_str, ffi, lib
 from .devices import Device, devices
-from .errors import BackendError, ClosedError, ModelLoadError
+from .errors import BackendError, ClosedError, LlamaError, ModelLoadError
 
 if TYPE_CHECKING:
     from .context import Context, ContextParams
@@ -129,6 +131,8 @@ class Model:
         self._vocab = lib.llama_model_get_vocab(ptr)
         self._tokenizer: Tokenizer | None = None
         self._contexts: list[Any] = []
+        self._loras: list[LoraAdapter] = []
+        self._embedding_context: Context | None = None
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -147,6 +151,9 @@ class Model:
         with self._lock:
             for ctx in list(self._contexts):
                 ctx.close()
+            for adapter in self._loras:
+                adapter._ptr = ffi.NULL  # llama_model_free frees the adapters
+            self._loras.clear()
             if self._ptr != ffi.NULL:
                 ptr, self._ptr = self._ptr, ffi.NULL
                 ffi.release(ptr)
@@ -183,6 +190,31 @@ class Model:
         from .context import Context
 
         return Context(self, params, **kw)
+
+    def load_lora(self, path: str | os.PathLike[str]) -> LoraAdapter:
+        """Load a LoRA adapter (GGUF) made for this model; apply it with Context.set_loras()."""
+        return LoraAdapter(self, path)
+
+    def embed(
+        self, text: str | list[str], *, normalize: bool = True, pooling: str | None = "mean"
+    ) -> np.ndarray:
+        """Embedding vector(s) of text: (n_embd,) for a str, (len(text), n_embd) for a list.
+
+        Uses a context kept on the model for embeddings (n_ctx = n_batch = 2048 tokens).
+        """
+        from .context import Context
+
+        ctx = self._embedding_context
+        if ctx is None or ctx.closed or ctx.params.pooling != pooling:
+            if ctx is not None:
+                ctx.close()
+            ctx = Context(
+                self, n_ctx=2048, n_batch=2048, n_ubatch=2048, embeddings=True, pooling=pooling
+            )
+            self._embedding_context = ctx
+        texts = [text] if isinstance(text, str) else list(text)
+        rows = [ctx.embed_tokens(self.tokenizer.encode(t), normalize=normalize) for t in texts]
+        return rows[0] if isinstance(text, str) else np.stack(rows)
 
     # -- what the model is ----------------------------------------------------------------------
 
@@ -292,3 +324,63 @@ class Model:
         from .models import model_path
 
         return cls(model_path(), params, **kw)
+
+
+class LoraAdapter:
+    """A LoRA adapter loaded for a model. Freed with the model, or earlier by close()."""
+
+    def __init__(self, model: Model, path: str | os.PathLike[str]):
+        self.model = model
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"LoRA adapter not found: {self.path}")
+        _native.take_native_errors()
+        ptr = lib.llama_adapter_lora_init(model.ptr, os.fsencode(self.path))
+        if ptr == ffi.NULL:
+            raise _native.fail(ModelLoadError, f"failed to load LoRA adapter {self.path}")
+        self._ptr = ptr
+        model._loras.append(self)
+
+    @property
+    def ptr(self) -> Any:
+        if self._ptr == ffi.NULL:
+            raise ClosedError("the LoRA adapter is closed")
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr == ffi.NULL
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        out = {}
+        for i in range(lib.llama_adapter_meta_count(self.ptr)):
+            key = self.model._text(lib.llama_adapter_meta_key_by_index, self.ptr, i)
+            out[key] = self.model._text(lib.llama_adapter_meta_val_str_by_index, self.ptr, i)
+        return out
+
+    def close(self) -> None:
+        """Detach from every context using it and free it. Safe to call twice."""
+        if self._ptr == ffi.NULL:
+            return
+        for ctx in list(self.model._contexts):
+            if self in ctx.loras:
+                ctx.set_loras({a: s for a, s in ctx.loras.items() if a is not self})
+        lib.llama_adapter_lora_free(self._ptr)
+        self._ptr = ffi.NULL
+        if self in self.model._loras:
+            self.model._loras.remove(self)
+
+    def __enter__(self) -> LoraAdapter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<LoraAdapter {self.path.name}{' (closed)' if self.closed else ''}>"
+
+
+def _check_lora_owner(model: Model, adapter: LoraAdapter) -> None:
+    if adapter.model is not model:
+        raise LlamaError(f"{adapter!r} was loaded for another model")
