@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Decode speed of our Python API against llama.cpp's own llama-bench, same run, same model.
+
+    python bench/decode.py [--model smollm2-135m-instruct] [--device cpu|webgpu] [-n 128] [-r 3]
+
+Measures generation tokens/s of `stream_generate` (tokenizer, sampler, detokenizer and stop
+handling included; greedy; end-of-generation tokens banned so every run makes n tokens) and of
+`llama-bench -p 0 -n N` (the "tg" test: decode only, no sampling), built from the vendored tree
+in the package's build directory (`cmake --build build/<tag> --target llama-bench`, done here if
+missing). Prints both, and ours / llama-bench. llama-bench reaches WebGPU the way C programs do
+here: the ggml-webgpu module through GGML_BACKEND_PATH and Dawn through LLAMA_WEBGPU_DAWN_LIB
+(rillfacet's libwebgpu_dawn.so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_dir() -> Path:
+    caches = sorted((ROOT / "build").glob("*/CMakeCache.txt"))
+    if not caches:
+        sys.exit("no build tree under build/: run `pip install .` from the repository first")
+    return caches[-1].parent
+
+
+def llama_bench(build: Path) -> Path:
+    exe = build / "bin" / "llama-bench"
+    if not exe.exists():
+        print("building llama-bench (once)...", file=sys.stderr, flush=True)
+        subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench"], check=True)
+    return exe
+
+
+def dawn_library() -> str | None:
+    if os.environ.get("LLAMA_WEBGPU_DAWN_LIB"):
+        return os.environ["LLAMA_WEBGPU_DAWN_LIB"]
+    spec = importlib.util.find_spec("rillfacet")
+    if spec and spec.origin:
+        path = Path(spec.origin).parent / "libwebgpu_dawn.so"
+        if path.exists():
+            return str(path)
+    return None
+
+
+def run_llama_bench(exe: Path, model: Path, device: str, n: int, reps: int, threads: int) -> dict:
+    env = dict(os.environ)
+    cmd = [str(exe), "-m", str(model), "-p", "0", "-n", str(n), "-r", str(reps), "-o", "json"]
+    cmd += ["-t", str(threads)]
+    if device == "webgpu":
+        dawn = dawn_library()
+        if not dawn:
+            sys.exit("llama-bench on WebGPU needs a libwebgpu_dawn.so: pip install rillfacet")
+        env["LLAMA_WEBGPU_DAWN_LIB"] = dawn
+        env["GGML_BACKEND_PATH"] = str(exe.parent / "libggml-webgpu.so")
+        cmd += ["-ngl", "99", "-dev", "WebGPU"]
+    else:
+        cmd += ["-ngl", "0", "-dev", "none"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"llama-bench failed:\n{out.stderr[-3000:]}")
+    rows = json.loads(out.stdout)
+    row = rows[-1]
+    return {"avg_ts": row["avg_ts"], "stddev_ts": row["stddev_ts"], "samples_ts": row["samples_ts"]}
+
+
+def run_ours(model_path: Path, device: str, n: int, reps: int, threads: int) -> dict:
+    import llama_webgpu as lw
+    from llama_webgpu.generate import stream_generate
+
+    model = lw.Model(model_path, device=device)
+    tok = model.tokenizer
+    ban = {t: -1000.0 for t in tok.eog_tokens}
+    ctx = model.context(n_ctx=n + 64, n_threads=threads)
+    prompt = [tok.bos if tok.bos is not None else 0]
+    speeds = []
+    for rep in range(reps + 1):  # the first run warms up (shader compilation, caches)
+        ctx.reset()
+        count = 0
+        start = None
+        for resp in stream_generate(ctx, prompt, max_tokens=n, temperature=0, logit_bias=ban):
+            if start is None:
+                start = time.perf_counter()  # after the first token: decode only, like tg
+            count = resp.generation_tokens
+        elapsed = time.perf_counter() - start
+        if count != n:
+            sys.exit(f"generated {count} tokens, expected {n}")
+        if rep > 0:
+            speeds.append((n - 1) / elapsed)
+    model.close()
+    return {
+        "avg_ts": statistics.mean(speeds),
+        "stddev_ts": statistics.stdev(speeds) if len(speeds) > 1 else 0.0,
+        "samples_ts": speeds,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="known model name or path")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "webgpu"])
+    ap.add_argument("-n", type=int, default=128, help="tokens to generate")
+    ap.add_argument("-r", type=int, default=3, help="repetitions")
+    ap.add_argument("-t", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads")
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+
+    from llama_webgpu.models import KNOWN_MODELS, model_path
+
+    path = model_path(args.model) if args.model in KNOWN_MODELS else Path(args.model)
+    exe = llama_bench(build_dir())
+    ref = run_llama_bench(exe, path, args.device, args.n, args.r, args.t)
+    ours = run_ours(path, args.device, args.n, args.r, args.t)
+    ratio = ours["avg_ts"] / ref["avg_ts"]
+    print(f"model {path.name}, device {args.device}, tg{args.n}, {args.r} runs, {args.t} threads")
+    print(f"  llama-bench       {ref['avg_ts']:9.2f} ± {ref['stddev_ts']:.2f} tokens/s")
+    print(f"  stream_generate   {ours['avg_ts']:9.2f} ± {ours['stddev_ts']:.2f} tokens/s")
+    print(f"  ours/llama-bench  {ratio:9.3f}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model": path.name,
+                    "device": args.device,
+                    "n": args.n,
+                    "reps": args.r,
+                    "threads": args.t,
+                    "llama_bench": ref,
+                    "ours": ours,
+                    "ratio": ratio,
+                    "date": time.strftime("%Y-%m-%d"),
+                },
+                indent=1,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
