@@ -243,8 +243,9 @@ def stream_generate(
     stop_ids = frozenset(tokenizer.check_tokens(stop_tokens or ()))
     smp, owned = _as_sampler(ctx.model, sampler, sampling)
     try:
-        # the last token that fits is sampled but never evaluated
-        room = ctx.n_ctx - len(prompt_tokens) + 1
+        # the last token that fits is sampled but never evaluated (a prompt that does not fit
+        # at all is generate_step's to report)
+        room = max(1, ctx.n_ctx - len(prompt_tokens) + 1)
         limit = room if max_tokens is None else min(max_tokens, room)
         steps = generate_step(
             ctx,
