@@ -101,6 +101,19 @@ def test_sampler_params_dict_and_sampler_object_are_accepted(model, ctx, greedy_
     assert by_params.tokens == by_dict.tokens == by_sampler.tokens == greedy_capital.tokens
 
 
+def test_a_sampler_reused_across_generations_starts_afresh(model, ctx):
+    with make_sampler(model, seed=9, **SAMPLED) as s:
+        a = generate(ctx, HAIKU, max_tokens=12, sampler=s)
+        b = generate(ctx, HAIKU, max_tokens=12, sampler=s)
+    assert a.tokens == b.tokens
+    question = chat("Is water wet? Answer yes or no.")
+    with make_sampler(model, temperature=0, grammar='root ::= "yes" | "no"') as s:
+        first = generate(ctx, question, max_tokens=8, sampler=s)
+        second = generate(ctx, question, max_tokens=8, sampler=s)  # the grammar restarted
+    assert first.text == second.text
+    assert first.text in ("yes", "no")
+
+
 def test_grammar_restricts_the_answer_to_yes_or_no(ctx):
     out = generate(
         ctx,

@@ -151,28 +151,33 @@ def peaked(n_vocab: int, token: int, second: int | None = None) -> np.ndarray:
     return logits
 
 
+@pytest.mark.model
 def test_greedy_picks_the_largest_logit(vocab_model):
     with make_sampler(vocab_model, temperature=0) as s:
         assert s.sample_logits(peaked(vocab_model.n_vocab, 1234)) == 1234
 
 
+@pytest.mark.model
 def test_top_k_1_picks_the_largest_logit_even_when_sampling(vocab_model):
     logits = np.random.default_rng(0).normal(size=vocab_model.n_vocab).astype(np.float32)
     with make_sampler(vocab_model, temperature=1.5, top_k=1, top_p=1, min_p=0, seed=3) as s:
         assert [s.sample_logits(logits) for _ in range(5)] == [int(np.argmax(logits))] * 5
 
 
+@pytest.mark.model
 def test_logit_bias_minus_inf_bans_a_token(vocab_model):
     logits = peaked(vocab_model.n_vocab, 1234, second=77)
     with make_sampler(vocab_model, temperature=0, logit_bias={1234: -math.inf}) as s:
         assert s.sample_logits(logits) == 77
 
 
+@pytest.mark.model
 def test_logit_bias_token_outside_the_vocabulary_is_rejected(vocab_model):
     with pytest.raises(ValueError, match=r"logit_bias.*outside the vocabulary"):
         make_sampler(vocab_model, logit_bias={vocab_model.n_vocab: -1.0})
 
 
+@pytest.mark.model
 def test_unknown_sampling_option_is_a_type_error(vocab_model):
     with pytest.raises(TypeError):
         make_sampler(vocab_model, temprature=0.5)
@@ -183,6 +188,7 @@ def draws(sampler, n_vocab: int, n: int = 16) -> list[int]:
     return [sampler.sample_logits(flat) for _ in range(n)]
 
 
+@pytest.mark.model
 def test_same_seed_same_draws_and_another_seed_differs(vocab_model):
     opts = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
     n = vocab_model.n_vocab
@@ -199,12 +205,14 @@ def test_same_seed_same_draws_and_another_seed_differs(vocab_model):
         assert draws(a, n) == first  # reset re-seeds
 
 
+@pytest.mark.model
 def test_unseeded_samplers_pick_a_seed_and_report_it(vocab_model):
     with make_sampler(vocab_model) as a, make_sampler(vocab_model) as b:
         assert a.seed != b.seed
         assert 0 <= a.seed < 2**32 - 1
 
 
+@pytest.mark.model
 def test_repeat_penalty_discourages_recent_tokens(vocab_model):
     logits = peaked(vocab_model.n_vocab, 1234, second=77)
     with make_sampler(vocab_model, temperature=0, repeat_penalty=2.0) as s:
@@ -216,6 +224,7 @@ def test_repeat_penalty_discourages_recent_tokens(vocab_model):
         assert s.sample_logits(logits) == 1234
 
 
+@pytest.mark.model
 def test_grammar_allows_only_its_tokens(vocab_model):
     tok = vocab_model.tokenizer
     # the most likely token would be "hello", which the grammar forbids
@@ -231,6 +240,7 @@ def test_grammar_allows_only_its_tokens(vocab_model):
         assert tok.is_eog(token)  # once complete, only end-of-generation remains
 
 
+@pytest.mark.model
 def test_accepting_a_token_the_grammar_forbids_raises(vocab_model):
     tok = vocab_model.tokenizer
     with make_sampler(vocab_model, grammar='root ::= "yes"') as s:
@@ -241,6 +251,7 @@ def test_accepting_a_token_the_grammar_forbids_raises(vocab_model):
         s.accept(tok.encode("yes", add_special=False)[0])  # allowed
 
 
+@pytest.mark.model
 def test_invalid_grammar_raises_grammar_error(vocab_model):
     with pytest.raises(GrammarError):
         make_sampler(vocab_model, grammar="root ::= undefined-rule")
@@ -248,17 +259,20 @@ def test_invalid_grammar_raises_grammar_error(vocab_model):
         make_sampler(vocab_model, grammar='root ::= ("unclosed"')
 
 
+@pytest.mark.model
 def test_json_schema_builds_a_grammar(vocab_model):
     with make_sampler(vocab_model, json_schema='{"type": "boolean"}') as s:
         assert s.grammar is not None
         assert 'boolean ::= ("true" | "false") space' in s.grammar
 
 
+@pytest.mark.model
 def test_sample_logits_checks_the_shape(vocab_model):
     with make_sampler(vocab_model) as s, pytest.raises(ValueError, match="shape"):
         s.sample_logits(np.zeros(10, np.float32))
 
 
+@pytest.mark.model
 def test_closed_sampler_raises_and_closes_twice(vocab_model):
     s = make_sampler(vocab_model, grammar='root ::= "a"')
     s.close()
@@ -270,6 +284,7 @@ def test_closed_sampler_raises_and_closes_twice(vocab_model):
         s.reset()
 
 
+@pytest.mark.model
 def test_other_samplers_build_and_choose_a_valid_token(vocab_model):
     logits = np.random.default_rng(1).normal(size=vocab_model.n_vocab).astype(np.float32)
     variants = [

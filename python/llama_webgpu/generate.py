@@ -220,6 +220,8 @@ def stream_generate(
 ) -> Iterator[GenerationResponse]:
     """Generate from prompt (text, or token ids used as they are), one response per token.
 
+    model_or_ctx: a Context, or a Model (whose default context is then used and kept; see the
+    module's docstring).
     sampler: a Sampler (used as is, not closed), SamplingParams, a dict of SamplingParams
     fields, or None (the defaults); SamplingParams fields may also be given as keywords
     (`temperature=0`, `seed=1`...). Generation ends at an end-of-generation token or one of
