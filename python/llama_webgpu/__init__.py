@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .chat import ChatFormatter, assistant_message, parse_tool_calls, response_format_kwargs
+from .compat import Llama, LlamaGrammar, LlamaState
 from .devices import Device, DeviceList, devices
 from .errors import (
     BackendError,
@@ -42,7 +43,10 @@ __all__ = [
     "GenerationResponse",
     "GenerationResult",
     "GrammarError",
+    "Llama",
     "LlamaError",
+    "LlamaGrammar",
+    "LlamaState",
     "ModelLoadError",
     "Sampler",
     "SamplingParams",
