@@ -385,6 +385,19 @@ def test_required_tool_choice_calls_one_of_several_tools(llm):
     assert set(args) == ({"city"} if name == "get_weather" else {"zone"})
 
 
+def test_auto_tools_reply_without_a_call_is_plain_content_streamed_or_not(llm):
+    messages = [{"role": "user", "content": "Tell me about Paris."}]
+    kw = {"tools": [WEATHER_TOOL], "temperature": 0, "max_tokens": 12}
+    out = llm.create_chat_completion(messages, **kw)
+    message = out["choices"][0]["message"]
+    assert "tool_calls" not in message and message["content"]
+    chunks = list(llm.create_chat_completion(messages, stream=True, **kw))
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant"} and deltas[-1] == {}
+    assert "".join(d.get("content") or "" for d in deltas) == message["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == out["choices"][0]["finish_reason"]
+
+
 def test_legacy_function_call_sets_function_call_too(llm):
     messages = [{"role": "user", "content": "What is the weather like in Paris?"}]
     out = llm.create_chat_completion(
