@@ -113,12 +113,13 @@ def main() -> None:
     ap.add_argument("-r", type=int, default=3, help="repetitions")
     ap.add_argument("-t", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--llama-bench", help="llama-bench executable (default: the build tree's)")
     args = ap.parse_args()
 
     from llama_webgpu.models import KNOWN_MODELS, model_path
 
     path = model_path(args.model) if args.model in KNOWN_MODELS else Path(args.model)
-    exe = llama_bench(build_dir())
+    exe = Path(args.llama_bench) if args.llama_bench else llama_bench(build_dir())
     ref = run_llama_bench(exe, path, args.device, args.n, args.r, args.t)
     ours = run_ours(path, args.device, args.n, args.r, args.t)
     ratio = ours["avg_ts"] / ref["avg_ts"]
