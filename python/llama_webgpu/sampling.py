@@ -373,7 +373,8 @@ class Sampler:
             raise ValueError("the context's model has another vocabulary than the sampler's")
         if not ctx.tokens:
             raise LlamaError("no logits yet: evaluate some tokens first")
-        if logits_processors or self._grammar != ffi.NULL:
+        # ctx.logits() also covers logits restored by Context.load_state (llama.cpp has none then)
+        if logits_processors or self._grammar != ffi.NULL or ctx._restored_logits is not None:
             logits = ctx.logits()
             for fn in logits_processors or ():
                 logits = fn(list(ctx.tokens), logits)
@@ -390,6 +391,19 @@ class Sampler:
         if logits.shape != (self.n_vocab,):
             raise ValueError(f"logits must have shape ({self.n_vocab},), not {logits.shape}")
         arr = np.empty(self.n_vocab, _TOKEN_DATA)
+        if self._grammar != ffi.NULL:
+            # Fast path (as llama.cpp's common sampler does): choose without the grammar and keep
+            # the choice if the grammar allows it; checking one token is far cheaper than
+            # masking the whole vocabulary. Otherwise choose again with the grammar applied.
+            arr["id"], arr["logit"], arr["p"] = self._ids, logits, 0.0
+            cur = _candidates(arr)
+            lib.llama_sampler_apply(self._chain, cur)
+            if 0 <= cur.selected < cur.size:
+                token = int(cur.data[cur.selected].id)
+                if self._grammar_allows(token):
+                    lib.llama_sampler_accept(self._grammar, token)
+                    lib.llama_sampler_accept(self._chain, token)
+                    return token
         arr["id"] = self._ids
         arr["logit"] = logits
         arr["p"] = 0.0
