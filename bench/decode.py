@@ -42,7 +42,9 @@ def llama_bench(build: Path) -> Path:
     return exe
 
 
-def dawn_library() -> str | None:
+def dawn_library(given: str | None = None) -> str | None:
+    if given:
+        return given
     if os.environ.get("LLAMA_WEBGPU_DAWN_LIB"):
         return os.environ["LLAMA_WEBGPU_DAWN_LIB"]
     spec = importlib.util.find_spec("rillfacet")
@@ -53,12 +55,15 @@ def dawn_library() -> str | None:
     return None
 
 
-def run_llama_bench(exe: Path, model: Path, device: str, n: int, reps: int, threads: int) -> dict:
-    env = dict(os.environ)
+def run_llama_bench(
+    exe: Path, model: Path, device: str, n: int, reps: int, threads: int, dawn: str | None
+) -> dict:
+    # its libraries sit beside it (a copied build has no valid build-tree RPATH)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(exe.parent))
     cmd = [str(exe), "-m", str(model), "-p", "0", "-n", str(n), "-r", str(reps), "-o", "json"]
     cmd += ["-t", str(threads)]
     if device == "webgpu":
-        dawn = dawn_library()
+        dawn = dawn_library(dawn)
         if not dawn:
             sys.exit("llama-bench on WebGPU needs a libwebgpu_dawn.so: pip install rillfacet")
         env["LLAMA_WEBGPU_DAWN_LIB"] = dawn
@@ -114,13 +119,14 @@ def main() -> None:
     ap.add_argument("-t", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--llama-bench", help="llama-bench executable (default: the build tree's)")
+    ap.add_argument("--dawn-lib", help="libwebgpu_dawn.so for llama-bench (default: rillfacet's)")
     args = ap.parse_args()
 
     from llama_webgpu.models import KNOWN_MODELS, model_path
 
     path = model_path(args.model) if args.model in KNOWN_MODELS else Path(args.model)
     exe = Path(args.llama_bench) if args.llama_bench else llama_bench(build_dir())
-    ref = run_llama_bench(exe, path, args.device, args.n, args.r, args.t)
+    ref = run_llama_bench(exe, path, args.device, args.n, args.r, args.t, args.dawn_lib)
     ours = run_ours(path, args.device, args.n, args.r, args.t)
     ratio = ours["avg_ts"] / ref["avg_ts"]
     print(f"model {path.name}, device {args.device}, tg{args.n}, {args.r} runs, {args.t} threads")
