@@ -221,8 +221,8 @@ class Engine:
                 self._waiting.remove(job)
                 self.metrics.record(job.watch, cancelled=True)
 
-    def close(self, timeout: float = 10.0) -> bool:
-        """Cancel everything, stop the worker; True if it stopped within timeout."""
+    def stop(self) -> None:
+        """Refuse new jobs, fail the waiting ones and cancel the running one (without waiting)."""
         with self._cond:
             self._closing = True
             for job in self._waiting:
@@ -232,6 +232,10 @@ class Engine:
             if self._current is not None:
                 self._current.cancelled.set()
             self._cond.notify_all()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """stop(), then wait for the worker; True if it stopped within timeout."""
+        self.stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -277,7 +281,10 @@ class Engine:
             job.post("end")
         except Cancelled:
             cancelled = True
-            job.post("end")
+            if self._closing:  # tell a client still listening why its stream ends
+                job.post("error", APIError(503, "the server is shutting down"))
+            else:
+                job.post("end")
         except Exception as e:
             job.post("error", api_error(e))
         finally:

@@ -36,11 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+
+try:
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+except ImportError as e:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        f"the server needs starlette and uvicorn ({e}): pip install 'llama-webgpu[server]'"
+    ) from e
 
 from ._server_requests import (
     APIError,
@@ -321,21 +327,24 @@ class Server:
         content = content_field(body)
         add_special = body.get("add_special", False) is True
         parse_special = body.get("parse_special", True) is not False
+        with_pieces = body.get("with_pieces", False) is True
         tok = self.llama._tok
-        tokens = await asyncio.to_thread(
-            tok.encode, content, add_special=add_special, parse_special=parse_special
-        )
-        if body.get("with_pieces") is True:
-            pieces = []
+
+        def run() -> list[Any]:
+            tokens = tok.encode(content, add_special=add_special, parse_special=parse_special)
+            if not with_pieces:
+                return tokens
+            out = []
             for t in tokens:
                 raw = tok.token_to_piece(t)
                 try:
                     piece: Any = raw.decode("utf-8")
                 except UnicodeDecodeError:
-                    piece = list(raw)
-                pieces.append({"id": t, "piece": piece})
-            return _JSON({"tokens": pieces})
-        return _JSON({"tokens": tokens})
+                    piece = list(raw)  # part of a character: its bytes, as llama.cpp does
+                out.append({"id": t, "piece": piece})
+            return out
+
+        return _JSON({"tokens": await asyncio.to_thread(run)})
 
     async def detokenize(self, request: Request) -> Response:
         body = await self.read_json(request)
@@ -456,11 +465,13 @@ def build_parser(prog: str = "llama-webgpu serve") -> argparse.ArgumentParser:
         help=f"a GGUF path or a known model ({', '.join(KNOWN_MODELS)}); default {DEFAULT_MODEL}",
     )
     p.add_argument("--alias", help="the model id clients use (default: the name or file name)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument(
+        "--device", choices=DEVICE_CHOICES, default="auto", help="where to run (default: auto)"
+    )
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument(
         "--api-key",
         default=os.environ.get("LLAMA_WEBGPU_API_KEY"),
@@ -515,7 +526,12 @@ def load(args: argparse.Namespace) -> Server:
 
 def main(argv: list[str] | None = None) -> int:
     """`llama-webgpu serve`: load the model, then serve until interrupted."""
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError:
+        raise SystemExit(
+            "error: the server needs uvicorn: pip install 'llama-webgpu[server]'"
+        ) from None
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
@@ -530,14 +546,23 @@ def main(argv: list[str] | None = None) -> int:
         args.host,
         args.port,
     )
+
+    class Uvicorn(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            server.engine.stop()  # end streams now: uvicorn waits for open connections
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        create_app(server),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+    )
     try:
-        uvicorn.run(
-            create_app(server),
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            timeout_graceful_shutdown=5,
-        )
+        Uvicorn(config).run()
+    except KeyboardInterrupt:  # uvicorn passes on the Ctrl-C it handled
+        pass
     finally:
         if server.engine.close(timeout=10):
             server.llama.close()
