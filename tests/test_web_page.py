@@ -107,7 +107,7 @@ def test_page_streams_an_answer_and_stop_stops_the_server(page, base):
     page.fill("#temperature", "0")
     page.fill("#max-tokens", "40")
     page.evaluate(RECORD_LENGTHS)
-    page.fill("#prompt", "What is the capital of France?")
+    page.fill("#prompt", "Describe Paris in two sentences.")
     page.press("#prompt", "Enter")
     wait_state(page, "idle")
     lengths = [n for n in page.evaluate("window.lengths") if n > 0]
