@@ -88,7 +88,17 @@ class ContextParams:
                 raise ValueError(f"{name} must be one of {list(_KV_TYPES)}")
 
 
-@ffi.def_extern(onerror=lambda exc, val, tb: None)
+# A Ctrl-C that lands as _lw_abort_callback starts, before its try, reaches cffi's onerror
+# instead: kept here for _decode to re-raise, and decoding is aborted.
+_callback_interrupts: list[BaseException] = []
+
+
+def _abort_callback_error(exc_type: Any, exc: BaseException, tb: Any) -> bool:
+    _callback_interrupts.append(exc)
+    return True
+
+
+@ffi.def_extern(onerror=_abort_callback_error)
 def _lw_abort_callback(user_data: Any) -> bool:
     """Polled by the CPU backend during decode; a pending Ctrl-C lands here and aborts it."""
     ctx = ffi.from_handle(user_data)
@@ -237,11 +247,16 @@ class Context:
             b.logits[i] = 1 if all_outputs or (last and i == n - 1) else 0
         self._abort_requested = False
         self._abort_error = None
+        _callback_interrupts.clear()
         self._restored_logits = None
         _native.take_native_errors()
         rc = lib.llama_decode(self.ptr, b)
+        if self._abort_error is None and _callback_interrupts:
+            self._abort_error = _callback_interrupts.pop()
         if rc == 0:
             self.tokens.extend(chunk)
+            if self._abort_error is not None:  # the interrupt came as the batch finished
+                raise self._abort_error
             return
         # on failure the memory may hold part of the batch: make it match self.tokens again
         lib.llama_memory_seq_rm(self.memory, 0, len(self.tokens), -1)
