@@ -15,7 +15,7 @@ pip wheel -q --no-build-isolation --no-deps -w $D/pkg .
 build=$(dirname "$(ls build/*/CMakeCache.txt | tail -1)")
 cmake --build "$build" --target llama-bench test-backend-ops
 dawn=$(python -c "import importlib.util as u, pathlib; print(pathlib.Path(u.find_spec('rillfacet').origin).parent / 'libwebgpu_dawn.so')")
-tar -cJf $D/tools.tar.xz -C "$build" bin/llama-bench bin/test-backend-ops $(cd "$build" && ls bin/*.so) \
+tar -cJf $D/tools.tar.xz -C "$build" bin/llama-bench bin/test-backend-ops $(cd "$build" && ls bin/*.so*) \
     -C "$(dirname "$dawn")" libwebgpu_dawn.so
 model=$(python -c "import llama_webgpu as lw; print(lw.model_path())")
 split -n 2 -d "$model" /tmp/lw-model-part
