@@ -34,3 +34,6 @@ extern "Python" bool _lw_abort_callback(void *data);  // matches: ggml_abort_cal
 
 /* llama_context_params.cb_eval: inspect tensors while a graph is computed. */
 extern "Python" bool _lw_eval_callback(struct ggml_tensor *t, bool ask, void *user_data);  // matches: ggml_backend_sched_eval_callback
+
+/* Ours (the C body is in tools/gen_cffi.py, C_HELPERS): an abort callback reading an int flag. */
+bool lw_abort_flag(void *flag);

@@ -88,27 +88,6 @@ class ContextParams:
                 raise ValueError(f"{name} must be one of {list(_KV_TYPES)}")
 
 
-# A Ctrl-C that lands as _lw_abort_callback starts, before its try, reaches cffi's onerror
-# instead: kept here for _decode to re-raise, and decoding is aborted.
-_callback_interrupts: list[BaseException] = []
-
-
-def _abort_callback_error(exc_type: Any, exc: BaseException, tb: Any) -> bool:
-    _callback_interrupts.append(exc)
-    return True
-
-
-@ffi.def_extern(onerror=_abort_callback_error)
-def _lw_abort_callback(user_data: Any) -> bool:
-    """Polled by the CPU backend during decode; a pending Ctrl-C lands here and aborts it."""
-    ctx = ffi.from_handle(user_data)
-    try:
-        return ctx._abort_requested
-    except BaseException as e:  # KeyboardInterrupt delivered while Python runs this callback
-        ctx._abort_error = e
-        return True
-
-
 class Context:
     """A KV cache and the state of one or more sequences over a model.
 
@@ -125,8 +104,6 @@ class Context:
         self.tokens: list[int] = []  # what sequence 0 holds, in order
         self._restored_logits: np.ndarray | None = None  # set by load_state until the next eval
         self.loras: dict[LoraAdapter, float] = {}
-        self._abort_requested = False
-        self._abort_error: BaseException | None = None
         self._lock = threading.Lock()
 
         cp = lib.llama_context_default_params()
@@ -144,9 +121,10 @@ class Context:
         cp.type_k = _KV_TYPES[params.type_k]
         cp.type_v = _KV_TYPES[params.type_v]
         cp.offload_kqv = params.offload_kqv
-        self._handle = ffi.new_handle(self)
-        cp.abort_callback = lib._lw_abort_callback
-        cp.abort_callback_data = self._handle
+        # ggml polls this flag (in C) while decoding; request_abort() sets it from any thread
+        self._abort_flag = ffi.new("int *")
+        cp.abort_callback = ffi.addressof(lib, "lw_abort_flag")
+        cp.abort_callback_data = self._abort_flag
         _native.take_native_errors()
         ptr = lib.llama_init_from_model(model.ptr, cp)
         if ptr == ffi.NULL:
@@ -245,28 +223,27 @@ class Context:
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = 0
             b.logits[i] = 1 if all_outputs or (last and i == n - 1) else 0
-        self._abort_requested = False
-        self._abort_error = None
-        _callback_interrupts.clear()
+        self._abort_flag[0] = 0
         self._restored_logits = None
         _native.take_native_errors()
+        # A Ctrl-C arriving meanwhile is raised by Python once this call returns (prompts are
+        # evaluated n_batch tokens per call, so that is soon); the state stays consistent.
         rc = lib.llama_decode(self.ptr, b)
-        if self._abort_error is None and _callback_interrupts:
-            self._abort_error = _callback_interrupts.pop()
         if rc == 0:
             self.tokens.extend(chunk)
-            if self._abort_error is not None:  # the interrupt came as the batch finished
-                raise self._abort_error
             return
         # on failure the memory may hold part of the batch: make it match self.tokens again
         lib.llama_memory_seq_rm(self.memory, 0, len(self.tokens), -1)
-        if self._abort_error is not None:
-            raise self._abort_error
         if rc == 1:
             raise _native.fail(ContextFullError, "no room in the KV cache for the batch")
         if rc == 2:
             raise _native.fail(DecodeError, "decoding was aborted")
         raise _native.fail(DecodeError, f"llama_decode failed with code {rc}")
+
+    def request_abort(self) -> None:
+        """Make a decode running in another thread stop soon (it raises DecodeError there).
+        The CPU backend honours it between graph nodes; GPU backends when the graph is done."""
+        self._abort_flag[0] = 1
 
     def _logits_ptr(self, i: int) -> np.ndarray:
         ptr = lib.llama_get_logits_ith(self.ptr, i)
