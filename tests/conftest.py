@@ -43,13 +43,20 @@ def build_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def test_backend_ops(build_dir: Path) -> Path:
-    """llama.cpp's test-backend-ops, built on demand in the package's build tree."""
-    subprocess.run(
-        ["cmake", "--build", str(build_dir), "--target", "test-backend-ops"],
-        check=True,
-        capture_output=True,
-    )
+    """llama.cpp's test-backend-ops in the package's build tree, built there if it is missing.
+
+    An existing binary is used as it is (it links the tree's ggml libraries, so it follows a
+    rebuilt package); delete it to have it rebuilt.
+    """
     exe = build_dir / "bin" / "test-backend-ops"
+    if not exe.exists():
+        proc = subprocess.run(
+            ["cmake", "--build", str(build_dir), "--target", "test-backend-ops"],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            pytest.fail(f"building test-backend-ops failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     assert exe.exists(), f"{exe} was not built"
     return exe
 
