@@ -18,6 +18,7 @@ import numpy as np
 
 from .chat import JSON_OBJECT_GBNF, assistant_message, new_tool_call_id
 from .errors import GrammarError
+from .generate import held_back
 from .json_schema import json_schema_to_gbnf
 from .sampling import token_logprobs
 
@@ -45,17 +46,6 @@ def stop_list(stop: str | Sequence[str] | None) -> list[str]:
         if not isinstance(s, str):
             raise TypeError(f"stop strings must be strings, not {type(s).__name__}")
     return [s for s in stops if s]
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest end of text that could be the start of a stop string."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
 
 
 def empty_logprobs() -> Logprobs:

@@ -188,7 +188,7 @@ def _stop_strings(stop: str | Iterable[str] | None) -> list[str]:
     return stops
 
 
-def _held_back(text: str, stops: list[str]) -> int:
+def held_back(text: str, stops: list[str]) -> int:
     """Length of the longest end of text that is the start of a stop string."""
     best = 0
     for s in stops:
@@ -301,7 +301,7 @@ def _stream(
             elif finish is not None:
                 text, pending = pending, ""
             else:
-                keep = _held_back(pending, stops)
+                keep = held_back(pending, stops)
                 text, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
             yield GenerationResponse(
                 text=text,
