@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# CI sets this so that tests needing a WebGPU adapter fail instead of skipping when none is found.
-REQUIRE_WEBGPU = os.environ.get("LLAMA_WEBGPU_REQUIRE_WEBGPU") == "1"
+# CI sets these to 1 so that tests needing a WebGPU adapter (or a browser) fail instead of
+# skipping when none is found.
+REQUIRE_WEBGPU_ENV = "LLAMA_WEBGPU_REQUIRE_WEBGPU"
+REQUIRE_BROWSER_ENV = "LLAMA_WEBGPU_REQUIRE_BROWSER"
 
 
-def need(condition: bool, reason: str) -> None:
-    """Skip (or, where CI requires WebGPU, fail) when a prerequisite is missing."""
+def need(condition: bool, reason: str, require_env: str = REQUIRE_WEBGPU_ENV) -> None:
+    """Skip when a prerequisite is missing, or fail when $require_env is 1 (CI)."""
     if not condition:
-        if REQUIRE_WEBGPU:
-            pytest.fail(f"required for CI: {reason}")
+        if os.environ.get(require_env) == "1":
+            pytest.fail(f"{require_env}=1: {reason}")
         pytest.skip(reason)
 
 

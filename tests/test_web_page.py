@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REQUIRE_BROWSER_ENV, need
+
 for _needed in ("httpx", "starlette", "uvicorn"):  # the server's own dependencies
     pytest.importorskip(_needed)
 
 from server_process import MODEL, metric, start_server, stop_server, wait_idle  # noqa: E402
 
 CHROMIUM = os.environ.get("LLAMA_WEBGPU_CHROMIUM", "/usr/bin/chromium")
-REQUIRE = os.environ.get("LLAMA_WEBGPU_REQUIRE_BROWSER") == "1"
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = [
     "--headless",
@@ -43,21 +44,22 @@ RECORD_LENGTHS = """() => {
 pytestmark = pytest.mark.model
 
 
-def need(condition: bool, reason: str) -> None:
-    if not condition:
-        if REQUIRE:
-            pytest.fail(f"LLAMA_WEBGPU_REQUIRE_BROWSER=1: {reason}")
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def sync_playwright():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         sync_playwright = None
-    need(sync_playwright is not None, "playwright (pip install playwright) is not installed")
-    need(os.access(CHROMIUM, os.X_OK), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    need(
+        sync_playwright is not None,
+        "playwright (pip install playwright) is not installed",
+        REQUIRE_BROWSER_ENV,
+    )
+    need(
+        os.access(CHROMIUM, os.X_OK),
+        f"no Chromium at {CHROMIUM} (apt-get install chromium)",
+        REQUIRE_BROWSER_ENV,
+    )
     return sync_playwright
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -50,8 +51,9 @@ class Tokenizer:
     def is_control(self, token: int) -> bool:
         return bool(lib.llama_vocab_is_control(self._vocab, self.check_token(token)))
 
-    @property
+    @functools.cached_property
     def eog_tokens(self) -> frozenset[int]:
+        """Every end-of-generation token (a scan of the vocabulary, done once)."""
         return frozenset(t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, t))
 
     def check_token(self, token: int) -> int:
