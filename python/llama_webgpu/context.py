@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ _FLASH_ATTN = {
 }
 _KV_TYPES = {"f32": lib.GGML_TYPE_F32, "f16": lib.GGML_TYPE_F16, "q8_0": lib.GGML_TYPE_Q8_0}
 _STATE_MAGIC = b"LWGS\x01"
+_MAX_INT = 2**31 - 1
 
 
 def _default_threads() -> int:
@@ -68,17 +70,25 @@ class ContextParams:
     offload_kqv: bool = True
 
     def validate(self) -> None:
+        """Raise ValueError (bad value) or TypeError (bad type), naming the field."""
         for name in ("n_ctx", "n_batch", "n_ubatch", "n_seq_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, not {value!r}")
+            if value > _MAX_INT:
+                raise ValueError(f"{name} must be at most {_MAX_INT}, not {value}")
         for name in ("n_batch", "n_ubatch", "n_seq_max"):
             if getattr(self, name) == 0:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("n_threads", "n_threads_batch"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, not {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096
+            ):
+                raise ValueError(f"{name} must be an int from 1 to 4096 or None, not {value!r}")
+        for name in ("embeddings", "offload_kqv"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
         if self.pooling not in _POOLING:
             raise ValueError(f"pooling must be one of {list(_POOLING)}, not {self.pooling!r}")
         if self.flash_attn not in _FLASH_ATTN:
@@ -91,7 +101,19 @@ class ContextParams:
 class Context:
     """A KV cache and the state of one or more sequences over a model.
 
-    Not thread-safe: use one context per thread (several may share one model).
+    Raises ContextError when llama.cpp cannot make the context (e.g. not enough memory, or
+    n_seq_max over its limit), ValueError/TypeError for bad parameters, ClosedError once it
+    or its model is closed.
+
+    Threads: every method holds the context's lock while it touches native state, so calls
+    from several threads are serialized and never corrupt it. A context holds one sequence,
+    so one generation at a time: a generation (generate_step, stream_generate, generate)
+    claims the context from its first step until it ends, is closed or is garbage-collected,
+    and starting a second one meanwhile, from any thread, raises ContextError. Changing the
+    context (eval, reset, load_state...) while a generation is suspended makes that
+    generation raise ContextError when it resumes. For parallel generations use one context
+    per thread: several contexts over one model run concurrently. close() may come from any
+    thread: a decode under way is aborted (raising ClosedError there) and waited for.
     """
 
     def __init__(self, model: Model, params: ContextParams | None = None, **kw: Any):
@@ -104,7 +126,11 @@ class Context:
         self.tokens: list[int] = []  # what sequence 0 holds, in order
         self._restored_logits: np.ndarray | None = None  # set by load_state until the next eval
         self.loras: dict[LoraAdapter, float] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._closing = False
+        self._version = 0  # bumped by every change of the sequence (see generate._steps)
+        self._owner: object | None = None  # the generation that claimed the context
+        self._ptr: Any = ffi.NULL
 
         cp = lib.llama_context_default_params()
         n_train = model.n_ctx_train
@@ -125,17 +151,22 @@ class Context:
         self._abort_flag = ffi.new("int *")
         cp.abort_callback = ffi.addressof(lib, "lw_abort_flag")
         cp.abort_callback_data = self._abort_flag
-        _native.take_native_errors()
-        ptr = lib.llama_init_from_model(model.ptr, cp)
-        if ptr == ffi.NULL:
-            raise _native.fail(ContextError, "failed to create a context")
-        self._ptr = ffi.gc(ptr, lib.llama_free)
+        with model._lock:
+            if model._closing:
+                raise ClosedError("the model is closed")
+            _native.take_native_errors()
+            ptr = lib.llama_init_from_model(model.ptr, cp)
+            if ptr == ffi.NULL:
+                raise _native.fail(ContextError, "failed to create a context")
+            # The destructor holds the model's pointer object: even when a reference cycle
+            # (model -> its default context -> model) is collected, the context is freed first.
+            self._ptr = ffi.gc(ptr, lambda p, _model=model._ptr: lib.llama_free(p))
+            model._contexts.add(self)
         self.n_ctx = int(lib.llama_n_ctx(ptr))
         self.n_batch = int(lib.llama_n_batch(ptr))
         self.n_vocab = model.n_vocab
         self._batch = ffi.gc(ffi.new("struct llama_batch *"), _free_batch)
         self._batch[0] = lib.llama_batch_init(self.n_batch, 0, 1)
-        model._contexts.append(self)
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -150,13 +181,20 @@ class Context:
         return self._ptr == ffi.NULL
 
     def close(self) -> None:
-        """Free the context. Safe to call twice; the model stays loaded."""
-        if self._ptr != ffi.NULL:
-            ptr, self._ptr = self._ptr, ffi.NULL
-            ffi.release(ptr)
-            ffi.release(self._batch)
-            if self in self.model._contexts:
-                self.model._contexts.remove(self)
+        """Free the context; the model stays loaded. Safe to call twice and from any thread:
+        a decode under way in another thread is aborted (it raises ClosedError there) and
+        waited for. A suspended generation over it raises ClosedError when resumed."""
+        if self._ptr == ffi.NULL:
+            return
+        self._closing = True
+        self._abort_flag[0] = 1
+        with self._lock:
+            if self._ptr != ffi.NULL:
+                ptr, self._ptr = self._ptr, ffi.NULL
+                ffi.release(ptr)
+                ffi.release(self._batch)
+                self.model._contexts.discard(self)
+                self._version += 1
 
     def __enter__(self) -> Context:
         return self
@@ -172,48 +210,79 @@ class Context:
 
     @property
     def memory(self) -> Any:
+        """The llama_memory_t pointer (use it under `self._lock`)."""
         return lib.llama_get_memory(self.ptr)
+
+    def _claim(self, owner: object) -> None:
+        """Make owner (a generation) the only generation on this context, or ContextError."""
+        with self._lock:
+            self.ptr  # noqa: B018 - raises if closed
+            if self._owner is not None and self._owner is not owner:
+                raise ContextError(
+                    "the context is in use by another generation (in another thread, or a "
+                    "stream that was neither finished nor closed): finish or close that one "
+                    "first, or give each thread its own context (model.context())"
+                )
+            self._owner = owner
+
+    def _release(self, owner: object) -> None:
+        if self._owner is owner:
+            self._owner = None
 
     def reset(self) -> None:
         """Forget every token (clear the KV cache)."""
-        lib.llama_memory_clear(self.memory, True)
-        self.tokens = []
-        self._restored_logits = None
+        with self._lock:
+            lib.llama_memory_clear(self.memory, True)
+            self.tokens = []
+            self._restored_logits = None
+            self._version += 1
 
     def truncate(self, n: int) -> None:
-        """Keep the first n tokens of sequence 0, drop the rest from the KV cache."""
-        if not 0 <= n <= len(self.tokens):
-            raise ValueError(f"cannot truncate {len(self.tokens)} tokens to {n}")
-        if n < len(self.tokens) and not lib.llama_memory_seq_rm(self.memory, 0, n, -1):
-            self.reset()
-            raise DecodeError("this model's memory cannot drop tokens; the context was reset")
-        del self.tokens[n:]
+        """Keep the first n tokens of sequence 0, drop the rest from the KV cache.
+        ValueError unless 0 <= n <= n_past."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        with self._lock:
+            if not 0 <= n <= len(self.tokens):
+                raise ValueError(f"cannot truncate {len(self.tokens)} tokens to {n}")
+            self._version += 1
+            if n < len(self.tokens) and not lib.llama_memory_seq_rm(self.memory, 0, n, -1):
+                self.reset()
+                raise DecodeError("this model's memory cannot drop tokens; the context was reset")
+            del self.tokens[n:]
 
     def eval(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray | None:
         """Append tokens to sequence 0 and run the model over them.
 
         Afterwards `logits()` gives the next-token logits. With all_logits, returns the logits
         at every position of `tokens` as an (n, n_vocab) float32 array.
+
+        Raises TokenizeError (an id outside the vocabulary), ValueError (no tokens),
+        ContextFullError (they do not fit; nothing is evaluated), DecodeError (llama.cpp
+        failed, or request_abort()), ClosedError (closed, also while decoding).
         """
         tokens = self.model.tokenizer.check_tokens(tokens)
         if not tokens:
             raise ValueError("eval needs at least one token")
-        if len(self.tokens) + len(tokens) > self.n_ctx:
-            raise ContextFullError(
-                f"{len(self.tokens)} tokens in the context plus {len(tokens)} new ones exceed "
-                f"its size of {self.n_ctx}"
-            )
-        out = np.empty((len(tokens), self.n_vocab), np.float32) if all_logits else None
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start : start + self.n_batch]
-            last_chunk = start + len(chunk) == len(tokens)
-            self._decode(chunk, len(self.tokens), all_logits, last_chunk)
-            if out is not None:
-                for i in range(len(chunk)):
-                    out[start + i] = self._logits_ptr(i)
-        return out
+        with self._lock:
+            if len(self.tokens) + len(tokens) > self.n_ctx:
+                raise ContextFullError(
+                    f"{len(self.tokens)} tokens in the context plus {len(tokens)} new ones "
+                    f"exceed its size of {self.n_ctx}"
+                )
+            out = np.empty((len(tokens), self.n_vocab), np.float32) if all_logits else None
+            for start in range(0, len(tokens), self.n_batch):
+                chunk = tokens[start : start + self.n_batch]
+                last_chunk = start + len(chunk) == len(tokens)
+                self._decode(chunk, len(self.tokens), all_logits, last_chunk)
+                if out is not None:
+                    for i in range(len(chunk)):
+                        out[start + i] = self._logits_ptr(i)
+            return out
 
     def _decode(self, chunk: list[int], pos0: int, all_outputs: bool, last: bool) -> None:
+        """llama_decode of one chunk; the caller holds self._lock."""
+        ctx_ptr = self.ptr
         b = self._batch[0]
         n = len(chunk)
         b.n_tokens = n
@@ -223,19 +292,23 @@ class Context:
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = 0
             b.logits[i] = 1 if all_outputs or (last and i == n - 1) else 0
-        self._abort_flag[0] = 0
+        if not self._closing:  # close() sets the flag to stop this decode: keep it then
+            self._abort_flag[0] = 0
         self._restored_logits = None
+        self._version += 1
         _native.take_native_errors()
         # A Ctrl-C arriving meanwhile is raised by Python once this call returns (prompts are
         # evaluated n_batch tokens per call, so that is soon); the state stays consistent.
-        rc = lib.llama_decode(self.ptr, b)
+        rc = lib.llama_decode(ctx_ptr, b)
         if rc == 0:
             self.tokens.extend(chunk)
             return
         # on failure the memory may hold part of the batch: make it match self.tokens again
-        lib.llama_memory_seq_rm(self.memory, 0, len(self.tokens), -1)
+        lib.llama_memory_seq_rm(lib.llama_get_memory(ctx_ptr), 0, len(self.tokens), -1)
         if rc == 1:
             raise _native.fail(ContextFullError, "no room in the KV cache for the batch")
+        if rc == 2 and self._closing:
+            raise ClosedError("the context was closed while decoding")
         if rc == 2:
             raise _native.fail(DecodeError, "decoding was aborted")
         raise _native.fail(DecodeError, f"llama_decode failed with code {rc}")
@@ -246,6 +319,7 @@ class Context:
         self._abort_flag[0] = 1
 
     def _logits_ptr(self, i: int) -> np.ndarray:
+        """A view of the logits of output i (valid until the next decode; hold self._lock)."""
         ptr = lib.llama_get_logits_ith(self.ptr, i)
         if ptr == ffi.NULL:
             raise _native.fail(LlamaError, f"no logits at output {i}")
@@ -253,35 +327,39 @@ class Context:
 
     def logits(self) -> np.ndarray:
         """Next-token logits after the last eval (a copy, float32, n_vocab long)."""
-        if not self.tokens:
-            raise LlamaError("no tokens evaluated yet")
-        if self._restored_logits is not None:
-            return self._restored_logits.copy()
-        return self._logits_ptr(-1).copy()
+        with self._lock:
+            self.ptr  # noqa: B018 - raises if closed
+            if not self.tokens:
+                raise LlamaError("no tokens evaluated yet")
+            if self._restored_logits is not None:
+                return self._restored_logits.copy()
+            return self._logits_ptr(-1).copy()
 
     def prefill(self, tokens: Sequence[int]) -> int:
         """Make sequence 0 hold exactly `tokens`, reusing the longest common prefix already in
         the cache (no re-evaluation of it). Returns how many tokens were reused."""
-        tokens = list(tokens)
+        tokens = self.model.tokenizer.check_tokens(tokens)
         if not tokens:
             raise ValueError("prefill needs at least one token")
-        common = 0
-        limit = min(len(tokens), len(self.tokens))
-        while common < limit and tokens[common] == self.tokens[common]:
-            common += 1
-        # the last token is always evaluated again so that its logits are fresh
-        keep = min(common, len(tokens) - 1)
-        try:
-            self.truncate(keep)
-        except DecodeError:
-            keep = 0
-        self.eval(tokens[keep:])
-        return keep
+        with self._lock:
+            common = 0
+            limit = min(len(tokens), len(self.tokens))
+            while common < limit and tokens[common] == self.tokens[common]:
+                common += 1
+            # the last token is always evaluated again so that its logits are fresh
+            keep = min(common, len(tokens) - 1)
+            try:
+                self.truncate(keep)
+            except DecodeError:
+                keep = 0
+            self.eval(tokens[keep:])
+            return keep
 
     def logits_for(self, tokens: Sequence[int]) -> np.ndarray:
         """Teacher-forced logits: row i is the prediction after tokens[: i + 1]. (n, n_vocab)."""
-        self.reset()
-        out = self.eval(tokens, all_logits=True)
+        with self._lock:
+            self.reset()
+            out = self.eval(tokens, all_logits=True)
         assert out is not None
         return out
 
@@ -291,24 +369,28 @@ class Context:
         """Apply these LoRA adapters with these scales (replacing the current set; {} clears)."""
         from .model import _check_lora_owner
 
+        if not isinstance(adapters, Mapping):
+            raise TypeError("adapters must be a dict of LoraAdapter -> scale")
         items = list(adapters.items())
         for adapter, scale in items:
             _check_lora_owner(self.model, adapter)
             if not isinstance(scale, int | float) or not np.isfinite(scale):
                 raise ValueError(f"LoRA scale must be a finite number, not {scale!r}")
-        ptrs = ffi.new("struct llama_adapter_lora *[]", [a.ptr for a, _ in items] or 1)
-        scales = ffi.new("float[]", [float(s) for _, s in items] or 1)
-        if lib.llama_set_adapters_lora(self.ptr, ptrs, len(items), scales) != 0:
-            raise _native.fail(LlamaError, "failed to set the LoRA adapters")
-        self.loras = dict(items)
-        # cached KV entries were computed without (or with other) adapters
-        self.reset()
+        with self._lock:
+            ptrs = ffi.new("struct llama_adapter_lora *[]", [a.ptr for a, _ in items] or 1)
+            scales = ffi.new("float[]", [float(s) for _, s in items] or 1)
+            if lib.llama_set_adapters_lora(self.ptr, ptrs, len(items), scales) != 0:
+                raise _native.fail(LlamaError, "failed to set the LoRA adapters")
+            self.loras = dict(items)
+            # cached KV entries were computed without (or with other) adapters
+            self.reset()
 
     # -- embeddings -----------------------------------------------------------------------------
 
     @property
     def pooling(self) -> str:
-        return _POOLING_NAMES.get(lib.llama_pooling_type(self.ptr), "none")
+        with self._lock:
+            return _POOLING_NAMES.get(lib.llama_pooling_type(self.ptr), "none")
 
     def embed_tokens(self, tokens: Sequence[int], *, normalize: bool = True) -> np.ndarray:
         """Embedding of a token sequence: (n_embd,) when pooled, (n_tokens, n_embd) if not."""
@@ -319,18 +401,20 @@ class Context:
             raise ContextFullError(
                 f"{len(tokens)} tokens exceed n_batch={self.n_batch}, the most one embedding takes"
             )
-        self.reset()
-        pooled = self.pooling != "none"
-        self._decode(tokens, 0, all_outputs=True, last=True)
-        n_embd = int(lib.llama_model_n_embd_out(self.model.ptr)) or self.model.n_embd
-        if pooled:
-            width = (self.model.n_cls_out or 1) if self.pooling == "rank" else n_embd
-            rows = [self._floats(lib.llama_get_embeddings_seq(self.ptr, 0), width)]
-        else:
-            rows = [
-                self._floats(lib.llama_get_embeddings_ith(self.ptr, i), n_embd)
-                for i in range(len(tokens))
-            ]
+        n_embd = int(self.model._native(lib.llama_model_n_embd_out)) or self.model.n_embd
+        n_cls = self.model.n_cls_out or 1
+        with self._lock:
+            self.reset()
+            pooled = self.pooling != "none"
+            self._decode(tokens, 0, all_outputs=True, last=True)
+            if pooled:
+                width = n_cls if self.pooling == "rank" else n_embd
+                rows = [self._floats(lib.llama_get_embeddings_seq(self.ptr, 0), width)]
+            else:
+                rows = [
+                    self._floats(lib.llama_get_embeddings_ith(self.ptr, i), n_embd)
+                    for i in range(len(tokens))
+                ]
         out = np.stack(rows)
         if normalize and self.pooling != "rank":
             norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -347,17 +431,22 @@ class Context:
 
     def save_state(self) -> bytes:
         """The whole context state (KV cache and the tokens it holds) as bytes."""
-        size = lib.llama_state_get_size(self.ptr)
-        buf = ffi.new("uint8_t[]", size)
-        written = lib.llama_state_get_data(self.ptr, buf, size)
-        n = len(self.tokens)
-        # llama.cpp's state holds the KV cache but not the logits: keep the last ones with it
-        logits = self.logits().tobytes() if n else b""
-        header = _STATE_MAGIC + struct.pack(f"<I{n}iI", n, *self.tokens, len(logits))
-        return header + logits + ffi.buffer(buf, written)[:]
+        with self._lock:
+            size = lib.llama_state_get_size(self.ptr)
+            buf = ffi.new("uint8_t[]", size)
+            written = lib.llama_state_get_data(self.ptr, buf, size)
+            n = len(self.tokens)
+            # llama.cpp's state holds the KV cache but not the logits: keep the last ones too
+            logits = self.logits().tobytes() if n else b""
+            header = _STATE_MAGIC + struct.pack(f"<I{n}iI", n, *self.tokens, len(logits))
+            return header + logits + ffi.buffer(buf, written)[:]
 
     def load_state(self, data: bytes) -> None:
-        """Restore what save_state() returned (for the same model and context size)."""
+        """Restore what save_state() returned (for the same model and context size).
+        LlamaError if data is not such a state or does not fit this context."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"state data must be bytes, not {type(data).__name__}")
+        data = bytes(data)
         if not data.startswith(_STATE_MAGIC) or len(data) < len(_STATE_MAGIC) + 4:
             raise LlamaError("not a llama-webgpu context state")
         (n,) = struct.unpack_from("<I", data, len(_STATE_MAGIC))
@@ -372,13 +461,14 @@ class Context:
             raise LlamaError("the saved state is from another model")
         logits = np.frombuffer(data, np.float32, n_logits // 4, start).copy()
         body = data[start + n_logits :]
-        self.reset()
-        _native.take_native_errors()
-        if lib.llama_state_set_data(self.ptr, body, len(body)) != len(body):
+        with self._lock:
             self.reset()
-            raise _native.fail(LlamaError, "the saved state could not be loaded")
-        self.tokens = tokens
-        self._restored_logits = logits if n_logits else None
+            _native.take_native_errors()
+            if lib.llama_state_set_data(self.ptr, body, len(body)) != len(body):
+                self.reset()
+                raise _native.fail(LlamaError, "the saved state could not be loaded")
+            self.tokens = tokens
+            self._restored_logits = logits if n_logits else None
 
     def save_state_file(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_bytes(self.save_state())

@@ -16,7 +16,7 @@ class ModelLoadError(LlamaError):
 
 
 class ContextError(LlamaError):
-    """An inference context could not be created."""
+    """An inference context could not be created, or is in use by another generation."""
 
 
 class DecodeError(LlamaError):

@@ -15,6 +15,13 @@ context: made on first use with the default ContextParams and kept on the model 
 Stopping a stream early (break, close(), an exception such as KeyboardInterrupt) leaves the
 context consistent: the next generation prefills again, reusing the common prefix, and with the
 same seed gives the same output as a fresh run.
+
+One generation at a time per context (and per Sampler): a generation claims its context from
+its first step until it ends, is closed or is garbage-collected; starting another on the same
+context meanwhile (from another thread, or while an unfinished stream is kept) raises
+ContextError. If the context is changed (eval, reset...) or closed while a stream is
+suspended, the stream raises ContextError or ClosedError when resumed. Each thread should use
+its own Context; several contexts over one model generate concurrently.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ContextFullError
+from .errors import ClosedError, ContextError, ContextFullError
 from .sampling import LogitsProcessor, Sampler, SamplingParams, make_sampler, token_logprobs
 
 if TYPE_CHECKING:
@@ -101,10 +108,22 @@ def generate_step(
     alternatives wanted) is > 0.
 
     The sampler is reset first and sees the prompt (for its repetition penalties). The
-    arguments are checked now; the prompt is evaluated on the first next().
+    arguments are checked now; the prompt is evaluated on the first next(), which also claims
+    the context and the sampler (ContextError / LlamaError if another generation holds them).
+
+    Raises TypeError/ValueError (bad counts, logits processors that are not callable, an
+    empty prompt), TokenizeError (ids outside the vocabulary), ContextFullError (the prompt
+    does not fit the context), ClosedError.
     """
     _check_count(max_tokens, "max_tokens", allow_none=True, least=1)
     _check_count(logprobs, "logprobs")
+    processors = list(logits_processors or ())
+    for fn in processors:
+        if not callable(fn):
+            raise TypeError(f"logits processors must be callables, not {type(fn).__name__}")
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"sampler must be a Sampler (make_sampler()), not {type(sampler).__name__}")
+    ctx.ptr  # noqa: B018 - raises ClosedError if closed
     prompt = ctx.model.tokenizer.check_tokens(prompt_tokens)
     if not prompt:
         raise ValueError("the prompt is empty")
@@ -113,7 +132,7 @@ def generate_step(
             f"the prompt has {len(prompt)} tokens but the context holds {ctx.n_ctx}: shorten "
             f"the prompt or use a context with a larger n_ctx"
         )
-    return _steps(ctx, prompt, sampler, max_tokens, list(logits_processors or ()), logprobs)
+    return _steps(ctx, prompt, sampler, max_tokens, processors, logprobs)
 
 
 def _steps(
@@ -124,22 +143,47 @@ def _steps(
     processors: list[LogitsProcessor],
     logprobs: int,
 ) -> Iterator[tuple[int, float | None, dict[int, float] | None]]:
-    sampler.reset()
-    sampler.feed_prompt(prompt)
-    ctx.prefill(prompt)
-    n = 0
-    while True:
-        raw = ctx.logits() if logprobs else None
-        token = sampler.sample(ctx, processors)
-        n += 1
-        if raw is None:
-            yield token, None, None
-        else:
-            lp, top = token_logprobs(raw, token, logprobs)
-            yield token, lp, top
-        if (max_tokens is not None and n >= max_tokens) or len(ctx.tokens) >= ctx.n_ctx:
-            return
-        ctx.eval([token])
+    owner = object()  # this generation's claim on the context and the sampler
+    ctx._claim(owner)
+    try:
+        sampler._claim(owner)
+        sampler.reset()
+        sampler.feed_prompt(prompt)
+        with ctx._lock:
+            ctx.prefill(prompt)
+            version = ctx._version
+        n = 0
+        while True:
+            with ctx._lock:
+                _check_unchanged(ctx, version)
+                raw = ctx.logits() if logprobs else None
+                token = sampler.sample(ctx, processors)
+            n += 1
+            if raw is None:
+                yield token, None, None
+            else:
+                lp, top = token_logprobs(raw, token, logprobs)
+                yield token, lp, top
+            if (max_tokens is not None and n >= max_tokens) or len(ctx.tokens) >= ctx.n_ctx:
+                return
+            with ctx._lock:
+                _check_unchanged(ctx, version)
+                ctx.eval([token])
+                version = ctx._version
+    finally:
+        sampler._release(owner)
+        ctx._release(owner)
+
+
+def _check_unchanged(ctx: Context, version: int) -> None:
+    """Raise if the context was closed or changed while the generation was suspended."""
+    if ctx.closed or ctx.model.closed:
+        raise ClosedError("the context was closed during the generation")
+    if ctx._version != version:
+        raise ContextError(
+            "the context was changed (eval, reset, load_state...) while this generation was "
+            "suspended; start a new generation"
+        )
 
 
 def _default_context(model: Model) -> Context:
@@ -181,10 +225,16 @@ def _as_sampler(
 
 
 def _stop_strings(stop: str | Iterable[str] | None) -> list[str]:
+    if isinstance(stop, bytes | bytearray):
+        raise TypeError("stop must be a str or a list of str, not bytes")
     stops = [stop] if isinstance(stop, str) else list(stop or ())
     for s in stops:
         if not isinstance(s, str) or not s:
             raise ValueError(f"stop strings must be non-empty strings, not {s!r}")
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"stop string {s!r} is not valid Unicode text: {e.reason}") from None
     return stops
 
 
@@ -206,7 +256,7 @@ def _peak_memory() -> int:
 
 def stream_generate(
     model_or_ctx: Model | Context,
-    prompt: str | Sequence[int],
+    prompt: str | bytes | Sequence[int],
     *,
     max_tokens: int | None = 256,
     sampler: Sampler | SamplingParams | Mapping[str, Any] | None = None,
@@ -230,12 +280,19 @@ def stream_generate(
     with add_special (BOS) and parse_special (special-token text such as "<|im_start|>" becomes
     those tokens). Arguments are checked now, before any work; the generation itself runs as
     the iterator is consumed.
+
+    A bytes prompt is UTF-8 text. Raises, before any work: TypeError (wrong types, unknown
+    sampling options), ValueError (out-of-range values: max_tokens < 1, NaN or infinite
+    sampling parameters, top_p outside [0, 1], empty stop strings...), TokenizeError (token
+    ids outside the vocabulary, text that is not valid Unicode), ContextFullError (a prompt
+    longer than the context), GrammarError, ClosedError. ContextError on the first next() if
+    another generation is using the context (see the module's docstring).
     """
     ctx = _as_context(model_or_ctx)
     tokenizer = ctx.model.tokenizer
     _check_count(max_tokens, "max_tokens", allow_none=True, least=1)
     _check_count(logprobs, "logprobs")
-    if isinstance(prompt, str):
+    if isinstance(prompt, str | bytes | bytearray):
         prompt_tokens = tokenizer.encode(
             prompt, add_special=add_special, parse_special=parse_special
         )
@@ -328,7 +385,7 @@ def _stream(
 
 def generate(
     model_or_ctx: Model | Context,
-    prompt: str | Sequence[int],
+    prompt: str | bytes | Sequence[int],
     *,
     max_tokens: int | None = 256,
     sampler: Sampler | SamplingParams | Mapping[str, Any] | None = None,

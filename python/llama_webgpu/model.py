@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,10 +43,15 @@ class ModelParams:
     """Called with 0.0..1.0 while loading; returning False cancels the load."""
 
     def validate(self) -> None:
-        if self.device not in DEVICE_CHOICES:
+        """Raise ValueError (bad value) or TypeError (bad type), naming the field."""
+        if not isinstance(self.device, str) or self.device not in DEVICE_CHOICES:
             raise ValueError(f"device must be one of {DEVICE_CHOICES}, not {self.device!r}")
-        if not isinstance(self.n_gpu_layers, int) or self.n_gpu_layers < -1:
-            raise ValueError(f"n_gpu_layers must be an int >= -1, not {self.n_gpu_layers!r}")
+        layers = self.n_gpu_layers
+        if isinstance(layers, bool) or not isinstance(layers, int) or not -1 <= layers < 2**31:
+            raise ValueError(f"n_gpu_layers must be an int >= -1, not {layers!r}")
+        for name in ("use_mmap", "use_mlock", "vocab_only", "check_tensors"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
         if self.progress is not None and not callable(self.progress):
             raise TypeError("progress must be callable")
 
@@ -86,15 +92,27 @@ def _ggml_device(device: Device | None) -> Any:
 
 
 class Model:
-    """A GGUF model loaded for inference. Use as a context manager, or call close()."""
+    """A GGUF model loaded for inference. Use as a context manager, or call close().
+
+    Raises ModelLoadError (missing, unreadable or invalid file), ValueError/TypeError (bad
+    parameters, checked before anything is loaded) or BackendError (device="webgpu" and no
+    WebGPU adapter).
+
+    Threads: a model may be shared by threads. Its own native calls (metadata, tokenizer,
+    grammar samplers) are serialized by a lock; contexts made from it run concurrently, each
+    guarded by its own lock. close() may be called from any thread at any time: it stops the
+    decodes under way in its contexts (they raise ClosedError), waits for them, then frees.
+    Afterwards every method raises ClosedError.
+    """
 
     def __init__(self, path: str | os.PathLike[str], params: ModelParams | None = None, **kw: Any):
         params = replace(params or ModelParams(), **kw)
         params.validate()
         self.params = params
-        self.path = Path(path)
-        self._lock = threading.RLock()
         self._ptr: Any = ffi.NULL
+        self._lock = threading.RLock()
+        self._closing = False
+        self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"model file not found: {self.path}")
         _native.init()
@@ -129,8 +147,11 @@ class Model:
             raise _native.fail(ModelLoadError, f"failed to load model {self.path}")
         self._ptr = ffi.gc(ptr, lib.llama_model_free)
         self._vocab = lib.llama_model_get_vocab(ptr)
+        self._n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         self._tokenizer: Tokenizer | None = None
-        self._contexts: list[Any] = []
+        # weak: contexts keep their model alive, not the other way round (no reference cycle
+        # whose collection order could free the model before a context)
+        self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
         self._loras: list[LoraAdapter] = []
         self._embedding_context: Context | None = None
 
@@ -147,16 +168,30 @@ class Model:
         return self._ptr == ffi.NULL
 
     def close(self) -> None:
-        """Free the model and every context made from it. Safe to call twice."""
+        """Free the model and every context made from it. Safe to call twice, and from any
+        thread: decodes under way in its contexts are aborted (raising ClosedError in their
+        threads) and waited for first. A suspended generator over one of its contexts raises
+        ClosedError when resumed."""
         with self._lock:
-            for ctx in list(self._contexts):
-                ctx.close()
+            if self._ptr == ffi.NULL:
+                return
+            self._closing = True  # no new contexts from here on
+        # Not under the model lock: a context's lock may be held by a thread that is about to
+        # take the model lock (tokenizing inside a generation step). Lock order: context, model.
+        for ctx in list(self._contexts):
+            ctx.close()
+        with self._lock:
             for adapter in self._loras:
                 adapter._ptr = ffi.NULL  # llama_model_free frees the adapters
             self._loras.clear()
             if self._ptr != ffi.NULL:
                 ptr, self._ptr = self._ptr, ffi.NULL
                 ffi.release(ptr)
+
+    def _native(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(model pointer, *args) under the model lock (ClosedError once closed)."""
+        with self._lock:
+            return fn(self.ptr, *args)
 
     def __enter__(self) -> Model:
         return self
@@ -182,6 +217,7 @@ class Model:
 
     @property
     def vocab(self) -> Any:
+        """The llama_vocab pointer (ClosedError once closed). Use it under `self._lock`."""
         self.ptr  # noqa: B018 - raises if closed
         return self._vocab
 
@@ -212,7 +248,12 @@ class Model:
                 self, n_ctx=2048, n_batch=2048, n_ubatch=2048, embeddings=True, pooling=pooling
             )
             self._embedding_context = ctx
-        texts = [text] if isinstance(text, str) else list(text)
+        if isinstance(text, str):
+            texts = [text]
+        elif isinstance(text, list | tuple) and all(isinstance(t, str) for t in text):
+            texts = list(text)
+        else:
+            raise TypeError(f"text must be a str or a list of str, not {type(text).__name__}")
         rows = [ctx.embed_tokens(self.tokenizer.encode(t), normalize=normalize) for t in texts]
         return rows[0] if isinstance(text, str) else np.stack(rows)
 
@@ -231,22 +272,32 @@ class Model:
 
     @property
     def description(self) -> str:
-        return self._text(lib.llama_model_desc, self.ptr)
+        with self._lock:
+            return self._text(lib.llama_model_desc, self.ptr)
 
     @property
     def metadata(self) -> dict[str, str]:
         """Every GGUF metadata entry as text (arrays are summarized by llama.cpp)."""
         out = {}
-        for i in range(lib.llama_model_meta_count(self.ptr)):
-            key = self._text(lib.llama_model_meta_key_by_index, self.ptr, i)
-            out[key] = self._text(lib.llama_model_meta_val_str_by_index, self.ptr, i)
+        with self._lock:
+            for i in range(lib.llama_model_meta_count(self.ptr)):
+                key = self._text(lib.llama_model_meta_key_by_index, self.ptr, i)
+                out[key] = self._text(lib.llama_model_meta_val_str_by_index, self.ptr, i)
         return out
 
     def meta(self, key: str, default: str | None = None) -> str | None:
-        buf_len = lib.llama_model_meta_val_str(self.ptr, key.encode(), ffi.NULL, 0)
-        if buf_len < 0:
-            return default
-        return self._text(lib.llama_model_meta_val_str, self.ptr, key.encode())
+        """The metadata value of key as text, or default. TypeError/ValueError for a key
+        that is not a str or not valid Unicode."""
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {type(key).__name__}")
+        try:
+            ckey = key.encode()
+        except UnicodeEncodeError as e:
+            raise ValueError(f"key is not valid Unicode text: {e.reason}") from None
+        with self._lock:
+            if lib.llama_model_meta_val_str(self.ptr, ckey, ffi.NULL, 0) < 0:
+                return default
+            return self._text(lib.llama_model_meta_val_str, self.ptr, ckey)
 
     @property
     def architecture(self) -> str:
@@ -255,42 +306,44 @@ class Model:
     @property
     def chat_template(self) -> str | None:
         """The model's default chat template (Jinja source), if the GGUF has one."""
-        ptr = lib.llama_model_chat_template(self.ptr, ffi.NULL)
-        return None if ptr == ffi.NULL else c_str(ptr)
+        with self._lock:
+            ptr = lib.llama_model_chat_template(self.ptr, ffi.NULL)
+            return None if ptr == ffi.NULL else c_str(ptr)
 
     @property
     def n_params(self) -> int:
-        return int(lib.llama_model_n_params(self.ptr))
+        return int(self._native(lib.llama_model_n_params))
 
     @property
     def size(self) -> int:
         """Bytes of tensor data."""
-        return int(lib.llama_model_size(self.ptr))
+        return int(self._native(lib.llama_model_size))
 
     @property
     def n_ctx_train(self) -> int:
-        return int(lib.llama_model_n_ctx_train(self.ptr))
+        return int(self._native(lib.llama_model_n_ctx_train))
 
     @property
     def n_embd(self) -> int:
-        return int(lib.llama_model_n_embd(self.ptr))
+        return int(self._native(lib.llama_model_n_embd))
 
     @property
     def n_layer(self) -> int:
-        return int(lib.llama_model_n_layer(self.ptr))
+        return int(self._native(lib.llama_model_n_layer))
 
     @property
     def n_vocab(self) -> int:
-        return int(lib.llama_vocab_n_tokens(self.vocab))
+        self.ptr  # noqa: B018 - raises if closed
+        return self._n_vocab
 
     @property
     def has_encoder(self) -> bool:
-        return bool(lib.llama_model_has_encoder(self.ptr))
+        return bool(self._native(lib.llama_model_has_encoder))
 
     @property
     def n_cls_out(self) -> int:
         """Outputs of a classifier / reranker head (0 if the model has none)."""
-        return int(lib.llama_model_n_cls_out(self.ptr))
+        return int(self._native(lib.llama_model_n_cls_out))
 
     # -- sources --------------------------------------------------------------------------------
 
@@ -334,12 +387,13 @@ class LoraAdapter:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"LoRA adapter not found: {self.path}")
-        _native.take_native_errors()
-        ptr = lib.llama_adapter_lora_init(model.ptr, os.fsencode(self.path))
-        if ptr == ffi.NULL:
-            raise _native.fail(ModelLoadError, f"failed to load LoRA adapter {self.path}")
-        self._ptr = ptr
-        model._loras.append(self)
+        with model._lock:
+            _native.take_native_errors()
+            ptr = lib.llama_adapter_lora_init(model.ptr, os.fsencode(self.path))
+            if ptr == ffi.NULL:
+                raise _native.fail(ModelLoadError, f"failed to load LoRA adapter {self.path}")
+            self._ptr = ptr
+            model._loras.append(self)
 
     @property
     def ptr(self) -> Any:
@@ -354,9 +408,10 @@ class LoraAdapter:
     @property
     def metadata(self) -> dict[str, str]:
         out = {}
-        for i in range(lib.llama_adapter_meta_count(self.ptr)):
-            key = self.model._text(lib.llama_adapter_meta_key_by_index, self.ptr, i)
-            out[key] = self.model._text(lib.llama_adapter_meta_val_str_by_index, self.ptr, i)
+        with self.model._lock:
+            for i in range(lib.llama_adapter_meta_count(self.ptr)):
+                key = self.model._text(lib.llama_adapter_meta_key_by_index, self.ptr, i)
+                out[key] = self.model._text(lib.llama_adapter_meta_val_str_by_index, self.ptr, i)
         return out
 
     def close(self) -> None:
@@ -366,10 +421,13 @@ class LoraAdapter:
         for ctx in list(self.model._contexts):
             if self in ctx.loras:
                 ctx.set_loras({a: s for a, s in ctx.loras.items() if a is not self})
-        lib.llama_adapter_lora_free(self._ptr)
-        self._ptr = ffi.NULL
-        if self in self.model._loras:
-            self.model._loras.remove(self)
+        with self.model._lock:
+            if self._ptr == ffi.NULL:
+                return
+            lib.llama_adapter_lora_free(self._ptr)
+            self._ptr = ffi.NULL
+            if self in self.model._loras:
+                self.model._loras.remove(self)
 
     def __enter__(self) -> LoraAdapter:
         return self

@@ -19,8 +19,10 @@ the context so far; logits: a float32 numpy array of n_vocab), run before the ch
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 
 LogitsProcessor = Callable[[list[int], np.ndarray], np.ndarray]
 
+_MAX_INT = 2**31 - 1
+_MAX_FLOAT = float(np.finfo(np.float32).max)
 _MAX_SEED = 0xFFFFFFFE  # 0xFFFFFFFF is LLAMA_DEFAULT_SEED: "pick one at random" in llama.cpp
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
@@ -103,8 +107,13 @@ class SamplingParams:
                     raise TypeError(f"{f.name} must be a number, not {type(value).__name__}")
                 if not math.isfinite(value):
                     raise ValueError(f"{f.name} must be finite, not {value!r}")
-            elif f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"{f.name} must be an int, not {type(value).__name__}")
+                if abs(value) > _MAX_FLOAT:  # would become inf as a C float
+                    raise ValueError(f"{f.name} is out of range: {value!r}")
+            elif f.type == "int":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"{f.name} must be an int, not {type(value).__name__}")
+                if abs(value) > _MAX_INT:  # passed to llama.cpp as int32
+                    raise ValueError(f"{f.name} is out of range: {value!r}")
 
         def check(ok: bool, name: str, rule: str) -> None:
             if not ok:
@@ -124,6 +133,8 @@ class SamplingParams:
             isinstance(s, str) and s for s in self.dry_sequence_breakers
         ):
             raise TypeError("dry_sequence_breakers must be a sequence of non-empty strings")
+        for s in self.dry_sequence_breakers:
+            _check_unicode(s, "dry_sequence_breakers")
         check(self.mirostat in (0, 1, 2), "mirostat", "0, 1 or 2")
         check(self.mirostat_tau >= 0, "mirostat_tau", ">= 0")
         check(self.mirostat_eta >= 0, "mirostat_eta", ">= 0")
@@ -144,6 +155,8 @@ class SamplingParams:
                     raise ValueError(f"logit_bias[{token}] must be finite or -inf, not {bias}")
         if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar):
             raise TypeError("grammar must be non-empty GBNF text or None")
+        if self.grammar is not None:
+            _check_unicode(self.grammar, "grammar")
         if self.json_schema is not None:
             if not isinstance(self.json_schema, Mapping | str | bool):
                 raise TypeError("json_schema must be a dict, JSON text or None")
@@ -155,9 +168,29 @@ class SamplingParams:
         return self.temperature == 0
 
 
+def _check_unicode(text: str, name: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid Unicode text: {e.reason}") from None
+
+
 def make_sampler(model: Model, params: SamplingParams | None = None, **overrides: Any) -> Sampler:
     """A Sampler for model from params (default: SamplingParams()) with fields overridden by
-    keyword, e.g. `make_sampler(model, temperature=0.7, top_p=0.9, seed=1)`."""
+    keyword, e.g. `make_sampler(model, temperature=0.7, top_p=0.9, seed=1)`.
+
+    Raises TypeError (an unknown option, or a value of the wrong type), ValueError (a value
+    out of range: NaN or infinite numbers, top_p outside [0, 1], logit_bias ids outside the
+    vocabulary...), GrammarError (a grammar or JSON schema that does not compile).
+    """
+    if params is not None and not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be SamplingParams or None, not {type(params).__name__}")
+    known = {f.name for f in fields(SamplingParams)}
+    unknown = [k for k in overrides if k not in known]
+    if unknown:
+        raise TypeError(
+            f"unknown sampling option {unknown[0]!r} (the options are SamplingParams' fields)"
+        )
     params = replace(params or SamplingParams(), **overrides)
     params.validate()
     if params.logit_bias:
@@ -181,7 +214,11 @@ class Sampler:
 
     Make one with make_sampler(). It holds state (penalty history, grammar position, random
     generator): reset() returns it to the start. close() frees it (safe twice); it is also a
-    context manager. It keeps its model alive.
+    context manager. It keeps its model alive; once it or its model is closed, its methods
+    raise ClosedError.
+
+    Threads: its native calls are serialized by a lock. One generation at a time may use it
+    (generate_step claims it as it claims the context; a second one raises LlamaError).
     """
 
     def __init__(self, model: Model, params: SamplingParams):
@@ -193,14 +230,20 @@ class Sampler:
         """The GBNF text constraining the output, if any."""
         self._chain: Any = ffi.NULL
         self._grammar: Any = ffi.NULL
+        self._lock = threading.RLock()
+        self._owner: object | None = None  # the generation using it (see generate._steps)
         self._has_history = False  # has penalties or DRY, which want to see the prompt
         self.n_vocab = model.n_vocab
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        # the destructors hold the model's pointer object: the samplers (the grammar refers
+        # to the vocabulary) are freed before the model even when a reference cycle goes
+        free = functools.partial(_free, model._ptr)
         cp = lib.llama_sampler_chain_default_params()
         cp.no_perf = True
-        self._chain = ffi.gc(_check_ptr(lib.llama_sampler_chain_init(cp), "chain"), _free)
-        for ptr in self._stages():
-            lib.llama_sampler_chain_add(self._chain, ptr)  # the chain owns it from here
+        self._chain = ffi.gc(_check_ptr(lib.llama_sampler_chain_init(cp), "chain"), free)
+        with model._lock:
+            for ptr in self._stages():
+                lib.llama_sampler_chain_add(self._chain, ptr)  # the chain owns it from here
         if params.grammar is not None or params.json_schema is not None:
             text = params.grammar
             if text is None:
@@ -209,11 +252,16 @@ class Sampler:
                     schema if isinstance(schema, str | bool) else dict(schema)
                 )
             self.grammar = text
-            _native.take_native_errors()
-            ptr = lib.llama_sampler_init_grammar(model.vocab, text.encode(), b"root")
-            if ptr == ffi.NULL:
-                raise _native.fail(GrammarError, "the grammar could not be parsed")
-            self._grammar = ffi.gc(ptr, _free)
+            try:
+                data = text.encode()
+            except UnicodeEncodeError as e:
+                raise GrammarError(f"the grammar is not valid Unicode text: {e.reason}") from None
+            with model._lock:
+                _native.take_native_errors()
+                ptr = lib.llama_sampler_init_grammar(model.vocab, data, b"root")
+                if ptr == ffi.NULL:
+                    raise _native.fail(GrammarError, "the grammar could not be parsed")
+                self._grammar = ffi.gc(ptr, free)
 
     def _stages(self) -> list[Any]:
         """The chain's samplers in order, created one by one (freed if a later one fails)."""
@@ -312,12 +360,13 @@ class Sampler:
         return self._chain == ffi.NULL
 
     def close(self) -> None:
-        """Free the native samplers. Safe to call twice."""
-        for attr in ("_grammar", "_chain"):
-            ptr = getattr(self, attr)
-            if ptr != ffi.NULL:
-                setattr(self, attr, ffi.NULL)
-                ffi.release(ptr)
+        """Free the native samplers. Safe to call twice, and from any thread."""
+        with self._lock:
+            for attr in ("_grammar", "_chain"):
+                ptr = getattr(self, attr)
+                if ptr != ffi.NULL:
+                    setattr(self, attr, ffi.NULL)
+                    ffi.release(ptr)
 
     def __enter__(self) -> Sampler:
         return self
@@ -335,61 +384,96 @@ class Sampler:
         if self.model.closed:
             raise ClosedError("the sampler's model is closed")
 
+    def _claim(self, owner: object) -> None:
+        with self._lock:
+            self._check_open()
+            if self._owner is not None and self._owner is not owner:
+                raise LlamaError(
+                    "the sampler is in use by another generation (in another thread, or a "
+                    "stream that was neither finished nor closed): finish or close that one "
+                    "first, or give each generation its own sampler"
+                )
+            self._owner = owner
+
+    def _release(self, owner: object) -> None:
+        if self._owner is owner:
+            self._owner = None
+
     # -- sampling -------------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Back to the start: clear the penalty history, restart the grammar, re-seed."""
-        self._check_open()
-        lib.llama_sampler_reset(self._chain)
-        if self._grammar != ffi.NULL:
-            lib.llama_sampler_reset(self._grammar)
+        with self._lock, self.model._lock:
+            self._check_open()
+            lib.llama_sampler_reset(self._chain)
+            if self._grammar != ffi.NULL:
+                lib.llama_sampler_reset(self._grammar)
 
     def feed_prompt(self, tokens: Sequence[int]) -> None:
         """Let the repetition penalties and DRY see prompt tokens (the grammar does not)."""
-        self._check_open()
-        if self._has_history:
-            for token in self.model.tokenizer.check_tokens(tokens):
-                lib.llama_sampler_accept(self._chain, token)
+        tokens = self.model.tokenizer.check_tokens(tokens)
+        with self._lock:
+            self._check_open()
+            if self._has_history:
+                for token in tokens:
+                    lib.llama_sampler_accept(self._chain, token)
 
     def accept(self, token: int) -> None:
         """Record a token chosen elsewhere (penalty history, grammar position)."""
-        self._check_open()
         token = self.model.tokenizer.check_token(token)
-        if self._grammar != ffi.NULL:
-            if not self._grammar_allows(token):
-                raise GrammarError(f"the grammar does not allow token {token} here")
-            lib.llama_sampler_accept(self._grammar, token)
-        lib.llama_sampler_accept(self._chain, token)
+        with self._lock, self.model._lock:
+            self._check_open()
+            if self._grammar != ffi.NULL:
+                if not self._grammar_allows(token):
+                    raise GrammarError(f"the grammar does not allow token {token} here")
+                lib.llama_sampler_accept(self._grammar, token)
+            lib.llama_sampler_accept(self._chain, token)
 
     def sample(
         self, ctx: Context, logits_processors: Sequence[LogitsProcessor] | None = None
     ) -> int:
         """Choose (and accept) the next token from the context's last logits.
 
-        With logits processors, they run in order over a copy of the logits first.
+        With logits processors, they run in order over a copy of the logits first; what they
+        return must be n_vocab numbers, none NaN or +inf (ValueError otherwise).
         """
         self._check_open()
         if ctx.n_vocab != self.n_vocab:
             raise ValueError("the context's model has another vocabulary than the sampler's")
-        if not ctx.tokens:
-            raise LlamaError("no logits yet: evaluate some tokens first")
-        # ctx.logits() also covers logits restored by Context.load_state (llama.cpp has none then)
-        if logits_processors or self._grammar != ffi.NULL or ctx._restored_logits is not None:
-            logits = ctx.logits()
-            for fn in logits_processors or ():
-                logits = fn(list(ctx.tokens), logits)
-            return self.sample_logits(logits)
-        token = lib.llama_sampler_sample(self._chain, ctx.ptr, -1)
+        with ctx._lock:
+            if not ctx.tokens:
+                raise LlamaError("no logits yet: evaluate some tokens first")
+            # ctx.logits() also covers logits restored by Context.load_state (none in llama.cpp)
+            if logits_processors or self._grammar != ffi.NULL or ctx._restored_logits is not None:
+                logits = ctx.logits()
+                for fn in logits_processors or ():
+                    logits = fn(list(ctx.tokens), logits)
+                return self.sample_logits(logits)
+            with self._lock:
+                self._check_open()
+                token = lib.llama_sampler_sample(self._chain, ctx.ptr, -1)
         if token < 0:
             raise _native.fail(LlamaError, "the sampler chain chose no token")
         return int(token)
 
     def sample_logits(self, logits: np.ndarray) -> int:
-        """Choose (and accept) a token from logits (n_vocab floats) through grammar and chain."""
-        self._check_open()
-        logits = np.asarray(logits)
+        """Choose (and accept) a token from logits (n_vocab floats) through grammar and chain.
+
+        ValueError for logits of another shape, not numbers, or holding NaN or +inf (-inf
+        bans a token)."""
+        try:
+            logits = np.asarray(logits, np.float32)
+        except (TypeError, ValueError):
+            raise ValueError("logits must be an array of numbers") from None
         if logits.shape != (self.n_vocab,):
             raise ValueError(f"logits must have shape ({self.n_vocab},), not {logits.shape}")
+        if np.isnan(logits).any() or np.isposinf(logits).any():
+            raise ValueError("logits must not be NaN or +inf (-inf bans a token)")
+        with self._lock, self.model._lock:
+            self._check_open()
+            return self._sample_logits(logits)
+
+    def _sample_logits(self, logits: np.ndarray) -> int:
         arr = np.empty(self.n_vocab, _TOKEN_DATA)
         if self._grammar != ffi.NULL:
             # Fast path (as llama.cpp's common sampler does): choose without the grammar and keep
@@ -437,7 +521,7 @@ def _candidates(arr: np.ndarray) -> Any:
     return cur
 
 
-def _free(ptr: Any) -> None:
+def _free(model_ptr: Any, ptr: Any) -> None:
     lib.llama_sampler_free(ptr)
 
 

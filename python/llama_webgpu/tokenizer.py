@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import codecs
 import functools
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ._native import ffi, lib
 from .errors import TokenizeError
@@ -15,78 +17,126 @@ if TYPE_CHECKING:
 
 
 class Tokenizer:
-    """The vocabulary of a loaded model. Thread-safe (llama.cpp's tokenizer is)."""
+    """The vocabulary of a loaded model.
+
+    Thread-safe: its native calls hold the model's lock (so that close() from another thread
+    waits for them); once the model is closed every method raises ClosedError. Token ids are
+    ints (numpy integers too); an id outside the vocabulary raises TokenizeError, a non-integer
+    TypeError.
+    """
 
     def __init__(self, model: Model):
         self.model = model  # keeps the vocabulary alive
+        self._n_vocab = model.n_vocab
 
-    @property
-    def _vocab(self):
-        return self.model.vocab
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(vocab, *args) under the model lock (ClosedError once the model is closed)."""
+        with self.model._lock:
+            return fn(self.model.vocab, *args)
 
     @property
     def n_vocab(self) -> int:
-        return int(lib.llama_vocab_n_tokens(self._vocab))
+        return self._n_vocab
 
     @property
     def bos(self) -> int | None:
-        return _opt(lib.llama_vocab_bos(self._vocab))
+        return _opt(self._call(lib.llama_vocab_bos))
 
     @property
     def eos(self) -> int | None:
-        return _opt(lib.llama_vocab_eos(self._vocab))
+        return _opt(self._call(lib.llama_vocab_eos))
 
     @property
     def eot(self) -> int | None:
-        return _opt(lib.llama_vocab_eot(self._vocab))
+        return _opt(self._call(lib.llama_vocab_eot))
 
     @property
     def add_bos(self) -> bool:
-        return bool(lib.llama_vocab_get_add_bos(self._vocab))
+        return bool(self._call(lib.llama_vocab_get_add_bos))
 
     def is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (EOS, EOT and the like)."""
-        return bool(lib.llama_vocab_is_eog(self._vocab, self.check_token(token)))
+        return bool(self._call(lib.llama_vocab_is_eog, self.check_token(token)))
 
     def is_control(self, token: int) -> bool:
-        return bool(lib.llama_vocab_is_control(self._vocab, self.check_token(token)))
+        self._need_vocab()
+        return bool(self._call(lib.llama_vocab_is_control, self.check_token(token)))
+
+    @property
+    def has_vocab(self) -> bool:
+        """False for models without a vocabulary (tokenizer.ggml.model "none"/"no_vocab"): they
+        have placeholder token ids but cannot tokenize, and their tokens have no text."""
+        return self._call(lib.llama_vocab_type) != lib.LLAMA_VOCAB_TYPE_NONE
+
+    def _need_vocab(self) -> None:
+        # llama.cpp aborts the process (GGML_ASSERT) when such a vocabulary tokenizes, renders a
+        # token or reports a token's attributes; found by fuzz/gguf_load.py
+        if not self.has_vocab:
+            raise TokenizeError("the model has no vocabulary (tokenizer.ggml.model is 'none')")
 
     @functools.cached_property
     def eog_tokens(self) -> frozenset[int]:
         """Every end-of-generation token (a scan of the vocabulary, done once)."""
-        return frozenset(t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, t))
+        with self.model._lock:
+            vocab = self.model.vocab
+            return frozenset(t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(vocab, t))
 
     def check_token(self, token: int) -> int:
-        """token, if it is a valid id of this vocabulary; else TokenizeError."""
-        if isinstance(token, bool) or not isinstance(token, int):
+        """token as an int, if it is a valid id of this vocabulary. TokenizeError for an id
+        outside it, TypeError for something that is not an integer (bool included)."""
+        if isinstance(token, bool) or not isinstance(token, int | np.integer):
             raise TypeError(f"token ids are ints, not {type(token).__name__}")
-        if not 0 <= token < self.n_vocab:
+        token = int(token)
+        if not 0 <= token < self._n_vocab:
             raise TokenizeError(
-                f"token id {token} is outside the vocabulary (0..{self.n_vocab - 1})"
+                f"token id {token} is outside the vocabulary (0..{self._n_vocab - 1})"
             )
         return token
 
     def check_tokens(self, tokens: Iterable[int]) -> list[int]:
+        """check_token() of each; TypeError unless tokens is an iterable of ints."""
+        if isinstance(tokens, str | bytes | bytearray) or not isinstance(tokens, Iterable):
+            raise TypeError(f"tokens must be a sequence of ints, not {type(tokens).__name__}")
         return [self.check_token(t) for t in tokens]
 
     def encode(
         self, text: str | bytes, *, add_special: bool = True, parse_special: bool = False
     ) -> list[int]:
         """Tokens of text. add_special adds BOS/EOS as the model wants; parse_special turns
-        special-token text such as "<|im_start|>" into those tokens instead of plain text."""
+        special-token text such as "<|im_start|>" into those tokens instead of plain text.
+
+        bytes are taken as UTF-8 text. Raises TokenizeError for text that is not valid
+        Unicode: bytes that are not valid UTF-8 (decode them first, e.g. with
+        errors="replace"), or a str holding a lone surrogate. (llama.cpp's BPE tokenizers abort
+        the process on some invalid UTF-8, such as code points above U+10FFFF.)
+        """
         if isinstance(text, str):
-            data = text.encode("utf-8")
+            try:
+                data = text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise TokenizeError(
+                    f"text is not valid Unicode: {e.reason} (U+{ord(text[e.start]):04X} at "
+                    f"index {e.start})"
+                ) from None
         elif isinstance(text, bytes | bytearray | memoryview):
             data = bytes(text)
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TokenizeError(
+                    f"bytes are not valid UTF-8 ({e.reason} at byte {e.start}): decode them "
+                    f"first, e.g. with errors='replace'"
+                ) from None
         else:
             raise TypeError(f"text must be str or bytes, not {type(text).__name__}")
+        self._need_vocab()
         if len(data) >= 2**31 - 1:
             raise TokenizeError("text is too long to tokenize (2 GiB or more)")
         capacity = len(data) + 8
         while True:
             out = ffi.new("llama_token[]", capacity)
-            n = lib.llama_tokenize(
-                self._vocab, data, len(data), out, capacity, add_special, parse_special
+            n = self._call(
+                lib.llama_tokenize, data, len(data), out, capacity, add_special, parse_special
             )
             if n >= 0:
                 return list(ffi.unpack(out, n))
@@ -96,11 +146,12 @@ class Tokenizer:
 
     def token_to_piece(self, token: int, *, special: bool = True) -> bytes:
         """The bytes one token stands for (may be part of a UTF-8 character)."""
-        self.check_token(token)
+        self._need_vocab()
+        token = self.check_token(token)
         size = 32
         while True:
             buf = ffi.new("char[]", size)
-            n = lib.llama_token_to_piece(self._vocab, token, buf, size, 0, special)
+            n = self._call(lib.llama_token_to_piece, token, buf, size, 0, special)
             if n >= 0:
                 return ffi.unpack(buf, n)
             size = -n
@@ -114,7 +165,7 @@ class Tokenizer:
         size = max(64, 8 * len(ids))
         while True:
             buf = ffi.new("char[]", size)
-            n = lib.llama_detokenize(self._vocab, arr, len(ids), buf, size, False, special)
+            n = self._call(lib.llama_detokenize, arr, len(ids), buf, size, False, special)
             if n >= 0:
                 return ffi.unpack(buf, n)
             size = -n
@@ -149,6 +200,8 @@ class StreamingDetokenizer:
         self._raw = b""
 
     def add_token(self, token: int) -> str:
+        """The text that token completes ("" while a character is incomplete)."""
+        token = self.tokenizer.check_token(token)
         self.tokens.append(token)
         # Decode the whole sequence, not piece by piece: some tokenizers (SentencePiece) drop a
         # leading space on the first piece, and detokenize handles that exactly as decode() does.
