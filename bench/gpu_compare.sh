@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark on the GPU machine (NVIDIA H100, no registry, at most 64 MiB of files
+# per call, files kept in /root/stash while the machine stays warm). Prepared on the CPU machine by
+# `bash bench/gpu_prepare.sh`; then one device call per step, in quick succession:
+#
+#   bash bench/gpu_compare.sh part1     carry .devcarry/m1 .devcarry/src .devcarry/vk: first model
+#                                       half, llama.cpp source, Vulkan build tools; starts the CUDA
+#                                       and Vulkan builds of llama-bench in the background
+#   bash bench/gpu_compare.sh part2     carry .devcarry/m2: second half + the Gemma-3-270M head
+#   bash bench/gpu_compare.sh setup     carry .gl .devcarry/wheels .devcarry/pkg .devcarry/tools.tar.xz
+#                                       .devcarry/variants: installs, makes the 1B- and 8B-shape
+#                                       models, runs WebGPU op tests for every libggml-webgpu variant
+#   bash bench/gpu_compare.sh bench-ref     CUDA, Vulkan and CPU columns   (same carry as setup)
+#   bash bench/gpu_compare.sh bench-webgpu  WebGPU columns and our Python API (same carry as setup)
+#
+# Results (raw JSON and logs) go to $OUT; they are committed under bench/results/<date>-h100/.
+set -euo pipefail
+S=/root/stash
+M=$S/models
+T=$S/tools
+export XDG_RUNTIME_DIR=/tmp LLAMA_WEBGPU_CACHE=$S
+mkdir -p "$M" "$S/vk" "${OUT:=/tmp/out}"
+
+models() {  # MODELS="smollm2 llama-1b" picks some
+    local all="smollm2=$M/SmolLM2-135M-Instruct.Q4_1.gguf gemma3-270m=$M/gemma-3-270m-random-Q4_K_M.gguf
+        llama-1b=$M/llama-1b-random-Q4_K_M.gguf llama-8b=$M/llama-8b-random-Q4_0.gguf"
+    for m in $all; do
+        case " ${MODELS:-smollm2 gemma3-270m llama-1b llama-8b} " in *" ${m%%=*} "*) echo "--model $m" ;; esac
+    done
+}
+
+vulkan_env() {
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+}
+
+build() {  # runs in the background from part1
+    local common=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_APP=OFF
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF
+        -DLLAMA_OPENSSL=OFF)
+    (cmake -S $S/llama.cpp -B $S/build-cuda "${common[@]}" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+        && cmake --build $S/build-cuda --target llama-bench -j 10 && touch $S/cuda.ok) > $S/build-cuda.log 2>&1 &
+    (export LD_LIBRARY_PATH=$S/vk/usr/lib/x86_64-linux-gnu
+     cmake -S $S/llama.cpp-vk -B $S/build-vk "${common[@]}" -DGGML_VULKAN=ON \
+        -DVulkan_INCLUDE_DIR=$S/vk/usr/include -DVulkan_LIBRARY=$S/vk/usr/lib/x86_64-linux-gnu/libvulkan.so.1 \
+        -DVulkan_GLSLC_EXECUTABLE=$S/vk/usr/bin/glslc \
+        && cmake --build $S/build-vk --target llama-bench -j 6 && touch $S/vk.ok) > $S/build-vk.log 2>&1 &
+    wait
+}
+
+case "${1:-}" in
+part1)
+    cp .devcarry/m1/part00 $M/smollm2.part00
+    tar -C $S -xJf .devcarry/src/llama.cpp-src.tar.xz
+    cp -r $S/llama.cpp $S/llama.cpp-vk
+    (cd $S/llama.cpp-vk && patch -s -p1) < bench/vulkan-old-headers.patch
+    for d in .devcarry/vk/*.deb; do dpkg -x "$d" $S/vk; done
+    cp bench/gpu_compare.sh $S/
+    setsid nohup bash $S/gpu_compare.sh build > $S/build.log 2>&1 < /dev/null &
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    nproc; ls $M
+    ;;
+build) build ;;
+part2)
+    cp .devcarry/m2/part01 $M/smollm2.part01
+    cat $M/smollm2.part00 $M/smollm2.part01 > $M/SmolLM2-135M-Instruct.Q4_1.gguf
+    rm $M/smollm2.part0?
+    [ "$(sha256sum < $M/SmolLM2-135M-Instruct.Q4_1.gguf | cut -c1-64)" = \
+      "$(cut -c1-64 .devcarry/m2/SmolLM2-135M-Instruct.Q4_1.gguf.sha256)" ] && echo "SmolLM2: sha256 OK"
+    python3 bench/make_model.py fill .devcarry/m2/gemma-3-270m.head $M/gemma-3-270m-random-Q4_K_M.gguf
+    tail -n 2 $S/build-cuda.log $S/build-vk.log || true
+    ;;
+setup)
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+    python3 -m pip install --no-index --no-deps --break-system-packages -q .devcarry/wheels/*.whl \
+        .devcarry/pkg/*.whl 2>&1 | grep -v WARNING || true
+    mkdir -p $T && tar -C $T -xJf .devcarry/tools.tar.xz
+    rm -rf $S/variants && cp -r .devcarry/variants $S/variants
+    python3 -c "import llama_webgpu as lw; print(lw.devices())"
+    # the 1B and 8B shapes, random weights, quantized with llama-quantize
+    for shape in llama-1b:Q4_K_M llama-8b:Q4_0; do
+        name=${shape%%:*} q=${shape##*:}
+        if [ ! -f $M/$name-random-$q.gguf ]; then
+            python3 bench/make_model.py shape $name $S/$name-f16.gguf
+            LD_LIBRARY_PATH=$T/bin $T/bin/llama-quantize $S/$name-f16.gguf $M/$name-random-$q.gguf $q 16 \
+                > $S/quantize-$name.log 2>&1 && rm $S/$name-f16.gguf
+            tail -n 2 $S/quantize-$name.log
+        fi
+    done
+    ls -la $M
+    vulkan_env
+    # llama.cpp's op tests on the GPU for every build of libggml-webgpu.so
+    for lib in $T/bin/libggml-webgpu.so $S/variants/*/libggml-webgpu.so; do
+        for op in MUL_MAT MUL_MAT_ID GET_ROWS SET_ROWS CPY ADD MUL RMS_NORM ROPE SOFT_MAX GLU FLASH_ATTN_EXT; do
+            printf "%s %s: " "$lib" "$op"
+            LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so GGML_BACKEND_PATH=$lib \
+                timeout 300 $T/bin/test-backend-ops test -b WebGPU -o "$op" 2>&1 | grep -E "tests passed|FAIL" | head -3 | tr '\n' ' ' || true
+            echo
+        done
+    done 2>&1 | tee "$OUT/ops.txt"
+    tail -n 3 $S/build-cuda.log $S/build-vk.log || true
+    ;;
+bench-ref)
+    vulkan_env
+    ls $S/cuda.ok $S/vk.ok || { tail -n 20 $S/build-cuda.log $S/build-vk.log; }
+    args=()
+    [ -f $S/cuda.ok ] && args+=(--bench cuda=$S/build-cuda/bin/llama-bench)
+    [ -f $S/vk.ok ] && args+=(--bench vulkan=$S/build-vk/bin/llama-bench)
+    PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) "${args[@]}" --bench cpu=$T/bin/llama-bench \
+        --cpu-models smollm2,gemma3-270m -r "${REPS:-3}" --json "$OUT/compare-ref.json" 2>&1 | tee "$OUT/compare-ref.txt"
+    ;;
+bench-webgpu)
+    vulkan_env
+    variants=()
+    for d in $S/variants/*/; do variants+=(--webgpu-lib "$(basename $d)=$d/libggml-webgpu.so"); done
+    PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) --bench webgpu=$T/bin/llama-bench \
+        --dawn-lib $T/libwebgpu_dawn.so "${variants[@]}" ${OURS:+--ours} -r "${REPS:-3}" \
+        --json "$OUT/compare-webgpu.json" 2>&1 | tee "$OUT/compare-webgpu.txt"
+    ;;
+*)
+    sed -n '2,16p' "$0"
+    exit 2
+    ;;
+esac
