@@ -65,6 +65,7 @@ from .errors import LlamaError
 log = logging.getLogger("llama_webgpu.server")
 
 MAX_BODY = 1 << 20
+MAX_QUEUE = 64  # requests that may wait: 50 concurrent clients wait rather than get 503
 OPEN_PATHS = frozenset({"/", "/health"})
 ENDPOINTS = (
     "/",
@@ -109,6 +110,23 @@ def _error_response(e: APIError, headers: dict[str, str] | None = None) -> Respo
     return _JSON(e.body(), status_code=e.status, headers=headers)
 
 
+class _JobStream(StreamingResponse):
+    """A job's server-sent events. However the response ends (done, or cancelled by Starlette
+    when the client goes, even before the body was started) the job is cancelled with it."""
+
+    def __init__(self, engine: Engine, job: Job, events: AsyncIterator[str]):
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self.engine = engine
+        self.job = job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.engine.cancel(self.job)
+
+
 # -- the app --------------------------------------------------------------------------------------
 
 
@@ -121,7 +139,7 @@ class Server:
         *,
         model_id: str,
         api_key: str | None = None,
-        max_queue: int = 32,
+        max_queue: int = MAX_QUEUE,
         max_body: int = MAX_BODY,
     ):
         self.llama = llama
@@ -215,23 +233,19 @@ class Server:
         if kind == "result":
             return _JSON({**value, "usage": job.watch.usage(), "timings": job.watch.timings()})
         assert kind == "start"
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(self._events(job), media_type="text/event-stream", headers=headers)
+        return _JobStream(self.engine, job, self._events(job))
 
     async def _events(self, job: Job) -> AsyncIterator[str]:
-        try:
-            while True:
-                kind, value = await job.events.get()
-                if kind == "chunk":
-                    yield f"data: {_dumps(value)}\n\n"
-                elif kind == "error":
-                    yield f"data: {_dumps(value.body())}\n\n"
-                    return
-                else:
-                    yield "data: [DONE]\n\n"
-                    return
-        finally:  # ended, or the client went away (cancelled here by Starlette)
-            self.engine.cancel(job)
+        while True:
+            kind, value = await job.events.get()
+            if kind == "chunk":
+                yield f"data: {_dumps(value)}\n\n"
+            elif kind == "error":
+                yield f"data: {_dumps(value.body())}\n\n"
+                return
+            else:
+                yield "data: [DONE]\n\n"
+                return
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -477,7 +491,12 @@ def build_parser(prog: str = "llama-webgpu serve") -> argparse.ArgumentParser:
         default=os.environ.get("LLAMA_WEBGPU_API_KEY"),
         help="require 'Authorization: Bearer KEY' (default: $LLAMA_WEBGPU_API_KEY, else none)",
     )
-    p.add_argument("--max-queue", type=int, default=32, help="requests that may wait (503 past)")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=MAX_QUEUE,
+        help=f"requests that may wait (503 past; default {MAX_QUEUE})",
+    )
     p.add_argument("--max-body", type=int, default=MAX_BODY, help="largest request body, bytes")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("-v", "--verbose", action="store_true", help="log llama.cpp's messages")
