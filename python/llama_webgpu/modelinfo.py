@@ -243,7 +243,9 @@ def device_support(info: GGUFInfo, device: Device | None) -> list[TypeSupport]:
 
     def get_rows(t: TensorInfo) -> bool:
         def build(ctx: Any) -> Any:
-            rows = lib.ggml_new_tensor_1d(ctx, lib.GGML_TYPE_I32, 1)
+            # one row index per matrix of a 3-D/4-D tensor (ggml_get_rows aborts otherwise)
+            ne = list(t.shape) + [1] * (4 - len(t.shape))
+            rows = lib.ggml_new_tensor_3d(ctx, lib.GGML_TYPE_I32, 1, ne[2], ne[3])
             return lib.ggml_get_rows(ctx, weight(ctx, t), rows)
 
         return supported(build)

@@ -139,7 +139,16 @@ class Tokenizer:
                 lib.llama_tokenize, data, len(data), out, capacity, add_special, parse_special
             )
             if n >= 0:
-                return list(ffi.unpack(out, n))
+                ids = list(ffi.unpack(out, n))
+                if ids and (min(ids) < 0 or max(ids) >= self._n_vocab):
+                    # e.g. an RWKV vocabulary without an unknown token gives -1 for text it has
+                    # no token for (found by fuzz/gguf_load.py)
+                    bad = next(t for t in ids if not 0 <= t < self._n_vocab)
+                    raise TokenizeError(
+                        f"the vocabulary cannot tokenize this text: llama.cpp gave token id "
+                        f"{bad}, outside the vocabulary (it has no unknown token)"
+                    )
+                return ids
             if n == -(2**31):
                 raise TokenizeError("tokenization overflowed")
             capacity = -n
