@@ -233,9 +233,14 @@ def device_support(info: GGUFInfo, device: Device | None) -> list[TypeSupport]:
         return lib.ggml_new_tensor_4d(ctx, _TYPES_BY_NAME[t.type], *ne)
 
     def mul_mat(t: TensorInfo, batch: int) -> bool:
+        ne = list(t.shape) + [1] * (4 - len(t.shape))
+        # the input and the result hold batch rows; more than 2**63 elements make ggml abort
+        # (a crafted file's tensor can be that large): no device multiplies those
+        if max(ne[0], ne[1]) * batch * ne[2] * ne[3] >= 2**63:
+            return False
+
         def build(ctx: Any) -> Any:
             w = weight(ctx, t)
-            ne = list(t.shape) + [1] * (4 - len(t.shape))
             x = lib.ggml_new_tensor_4d(ctx, lib.GGML_TYPE_F32, ne[0], batch, ne[2], ne[3])
             return lib.ggml_mul_mat(ctx, w, x)
 

@@ -1,0 +1,54 @@
+"""Regressions for what the fuzzers (fuzz/) found in llama-webgpu's own code: each file in
+tests/data/fuzz/fixed-*.gguf used to abort the process or give wrong results; now it raises a
+documented exception or works. (native-*.gguf are llama.cpp aborts reported for a vendor fix;
+docs/reliability.md, "Fuzzing", lists them.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llama_webgpu.errors import TokenizeError
+from llama_webgpu.model import Model
+from llama_webgpu.modelinfo import read_gguf, report
+
+DATA = Path(__file__).parent / "data" / "fuzz"
+
+
+def test_model_without_vocabulary_refuses_to_tokenize_instead_of_aborting():
+    with Model(DATA / "fixed-no-vocab.gguf", vocab_only=True, device="cpu") as model:
+        tok = model.tokenizer
+        assert not tok.has_vocab
+        assert tok.n_vocab == 16  # placeholder ids from llama.vocab_size
+        with pytest.raises(TokenizeError, match="no vocabulary"):
+            tok.encode("hello")
+        with pytest.raises(TokenizeError, match="no vocabulary"):
+            tok.token_to_piece(0)
+        with pytest.raises(TokenizeError, match="no vocabulary"):
+            tok.is_control(0)
+        assert tok.decode([0, 1]) == ""
+
+
+def test_rwkv_vocabulary_without_unknown_token_raises_instead_of_returning_minus_one():
+    with Model(DATA / "fixed-rwkv-no-unknown-token.gguf", vocab_only=True, device="cpu") as m:
+        tok = m.tokenizer
+        assert tok.encode("ab") == [98, 99]  # "\\x61" and "\\x62" are still there
+        with pytest.raises(TokenizeError, match="outside the vocabulary"):
+            tok.encode("Hello")  # the file's token for "H" was mutated away
+
+
+def test_info_report_handles_3d_tensors():
+    info = read_gguf(DATA / "fixed-device-support-3d-tensor.gguf")
+    assert (4, 3, 2) in {t.shape for t in info.tensors}
+    text = report(info, None)
+    assert "f16       yes      yes" in text  # the 3-D f16 tensor: MUL_MAT and GET_ROWS
+
+
+def test_info_report_marks_tensors_too_large_for_ggml_as_unsupported():
+    info = read_gguf(DATA / "fixed-device-support-huge-tensor.gguf")
+    [huge] = info.tensors
+    assert huge.shape[0] * huge.shape[1] * huge.shape[2] * 512 >= 2**63
+    text = report(info, None)
+    assert "f16       no" in text
+    assert "a.weight" in text  # listed among the matrices the device cannot multiply
