@@ -25,7 +25,7 @@ from pathlib import Path
 import llama_webgpu as lw
 from fuzz.common import run
 from llama_webgpu._native import ffi, lib
-from llama_webgpu.modelinfo import memory_estimate, read_gguf, report
+from llama_webgpu.modelinfo import GGUFInfo, memory_estimate, read_gguf, report
 
 SCRATCH = Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
 PATH = SCRATCH / f"lw-fuzz-gguf-{os.getpid()}.gguf"
@@ -111,7 +111,21 @@ def _rwkv_unescape(text: bytes) -> bytes:
     return bytes(out)
 
 
-def known_aborts(path: Path) -> tuple[str | None, str | None]:
+def _ggml_rejects(shape: tuple[int, ...]) -> bool:
+    """ggml_new_tensor_impl's element-count check (ggml.c), which skips dimensions of 0 and 1
+    where gguf.cpp's multiplies by them: a shape like (2**50, 0, 2**27) passes gguf's check
+    (0 elements) and then fails ggml's GGML_ASSERT."""
+    ne = [*shape, 1, 1, 1][:4]
+    count = ne[0]
+    for n in ne[1:]:
+        if n > 1:
+            if not (2**63 - 1) // n > count:
+                return True
+            count *= n
+    return False
+
+
+def known_aborts(path: Path, info: GGUFInfo | None) -> tuple[str | None, str | None]:
     """(why loading, why tokenizing) this file would hit a native abort already found and
     reported (docs/reliability.md, "Fuzzing"), so that the fuzzer skips that step and looks
     for new failures. LW_FUZZ_KNOWN=1 turns the skipping off (to reproduce those aborts)."""
@@ -119,6 +133,15 @@ def known_aborts(path: Path) -> tuple[str | None, str | None]:
     if os.environ.get("LW_FUZZ_KNOWN") == "1" or keys is None:
         return None, None
     model, texts, charsmap = keys
+    if info is not None and any(_ggml_rejects(t.shape) for t in info.tensors):
+        return "empty tensor with an element count over INT64_MAX (GGML_ASSERT in ggml.c)", None
+    if info is not None and model in (b"no_vocab", b"none"):
+        size = info.arch_key("vocab_size", 0)
+        if isinstance(size, int) and size > 1 << 20:
+            return (
+                "no_vocab with a huge vocab_size (resize to GBs in llama_vocab::impl::load)",
+                None,
+            )
     if texts is not None:
         words = [t or b"[EMPTY_%d]" % i for i, t in enumerate(texts)]
         if len(set(words)) != len(words):
@@ -142,11 +165,11 @@ def target(data: bytes) -> None:
     try:
         info = read_gguf(PATH)
     except lw.ModelLoadError:
-        pass
+        info = None
     else:
         memory_estimate(info, 0)
         report(info, None)
-    skip_load, skip_tokenize = known_aborts(PATH)
+    skip_load, skip_tokenize = known_aborts(PATH, info)
     if skip_load:
         return
     try:

@@ -52,3 +52,13 @@ def test_info_report_marks_tensors_too_large_for_ggml_as_unsupported():
     text = report(info, None)
     assert "f16       no" in text
     assert "a.weight" in text  # listed among the matrices the device cannot multiply
+
+
+@pytest.mark.parametrize(
+    "name", ["fixed-device-support-empty-tensor.gguf", "fixed-device-support-empty-matrix.gguf"]
+)
+def test_info_report_skips_empty_tensors(name: str):
+    # (4, 3, 0) made ggml_mul_mat divide by zero; (0, N) looked transposed to ggml_mul_mat
+    info = read_gguf(DATA / name)
+    assert any(0 in t.shape for t in info.tensors)
+    assert "on CPU:" in report(info, None)

@@ -262,7 +262,10 @@ def device_support(info: GGUFInfo, device: Device | None) -> list[TypeSupport]:
     out = []
     for name in sorted(by_type, key=lambda k: -len(by_type[k])):
         group = by_type[name]
-        matrices = [t for t in group if len(t.shape) >= 2]
+        # empty tensors (a zero dimension) compute nothing, and ggml aborts on some of their
+        # shapes (division by zero, "transposed" strides): only the others are checked
+        filled = [t for t in group if 0 not in t.shape]
+        matrices = [t for t in filled if len(t.shape) >= 2]
         fallback = tuple(
             t.name for t in matrices if not (mul_mat(t, 1) and mul_mat(t, PROMPT_BATCH))
         )
@@ -273,7 +276,7 @@ def device_support(info: GGUFInfo, device: Device | None) -> list[TypeSupport]:
                 n_bytes=sum(t.n_bytes for t in group),
                 matrices=len(matrices),
                 mul_mat=(not fallback) if matrices else None,
-                get_rows=get_rows(min(group, key=lambda t: t.n_bytes)),
+                get_rows=get_rows(min(filled, key=lambda t: t.n_bytes)) if filled else True,
                 fallback=fallback,
             )
         )
