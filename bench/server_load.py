@@ -393,7 +393,7 @@ def report(args: argparse.Namespace, run: dict, log_text: str, exit_code: int | 
     generated = metric(metrics, "generated_tokens_total")
     cancelled = metric(metrics, "requests_cancelled_total")
     used = sum(o.tokens for o in done)
-    hung_up = by_kind["hangup"] + by_kind["give_up"]
+    hung_up = sum(o.kind != "complete" and o.status in (200, None) for o in outcomes)
     memory = rss_growth(run["samples"].rss_kib, args.warmup)
     elapsed = run["elapsed"]
     failures: list[str] = []
