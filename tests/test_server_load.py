@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("httpx")
+httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
+
+from server_process import MODEL, metric, start_server, stop_server, wait_idle  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "server_load.py"
 
@@ -49,10 +51,6 @@ def test_a_request_abandoned_as_it_starts_is_not_generated(tmp_path):
     """A client that hangs up while queued, just before the worker takes its request: the
     request is cancelled, not generated to its end for nobody. B hangs up one token before A
     ends, so the worker takes B before the server's 0.25 s check for departed clients notices."""
-    import httpx
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from server_process import MODEL, metric, start_server, stop_server, wait_idle
 
     def body(max_tokens: int) -> bytes:
         messages = [{"role": "user", "content": "Tell me a very long story."}]
