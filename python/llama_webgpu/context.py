@@ -13,7 +13,14 @@ import numpy as np
 
 from . import _native
 from ._native import ffi, lib
-from .errors import ClosedError, ContextError, ContextFullError, DecodeError, LlamaError
+from .errors import (
+    ClosedError,
+    ContextError,
+    ContextFullError,
+    DecodeError,
+    DeviceLostError,
+    LlamaError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -100,6 +107,7 @@ class Context:
         if model.params.vocab_only:
             raise ContextError("a vocab-only model has no weights to run: load it without it")
         self.model = model  # a context keeps its model alive
+        self._on_webgpu = model.device is not None and model.device.is_webgpu
         self.params = params
         self.tokens: list[int] = []  # what sequence 0 holds, in order
         self._restored_logits: np.ndarray | None = None  # set by load_state until the next eval
@@ -229,11 +237,19 @@ class Context:
         # A Ctrl-C arriving meanwhile is raised by Python once this call returns (prompts are
         # evaluated n_batch tokens per call, so that is soon); the state stays consistent.
         rc = lib.llama_decode(self.ptr, b)
-        if rc == 0:
+        # a device lost while the results were read back leaves rc 0: ask ggml-webgpu too
+        fault = _native.webgpu_device_fault() if self._on_webgpu else None
+        if rc == 0 and fault is None:
             self.tokens.extend(chunk)
             return
         # on failure the memory may hold part of the batch: make it match self.tokens again
         lib.llama_memory_seq_rm(self.memory, 0, len(self.tokens), -1)
+        if fault is not None:
+            _native.take_native_errors()
+            raise DeviceLostError(
+                f"the WebGPU device cannot be used: {fault}. It stays unusable in this process; "
+                "load the model with device='cpu' to go on"
+            )
         if rc == 1:
             raise _native.fail(ContextFullError, "no room in the KV cache for the batch")
         if rc == 2:
