@@ -40,6 +40,12 @@ try:
         reg = lib.ggml_backend_reg_by_name(b"WebGPU")
         fn = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_webgpu_destroy_device")
         ffi.cast("void (*)(ggml_backend_reg_t)", fn)(reg)
+    if fault == "lost":
+        try:  # the KV cache cannot be read back: no garbage state
+            ctx.save_state()
+            out["save_state"] = None
+        except lw.LlamaError as e:
+            out["save_state"] = type(e).__name__
     ctx.eval(tokens[2:] if fault == "lost" else tokens)
     out["error"] = None
 except lw.LlamaError as e:
@@ -92,6 +98,7 @@ def test_a_lost_device_raises_and_the_cpu_still_generates(webgpu_device, cpu_tex
     out = run_child("lost")
     print(json.dumps(out, indent=1))
     assert out["before"] == "ok"
+    assert out["save_state"] == "DeviceLostError"
     name, message, is_decode, is_backend = out["error"]
     assert name == "DeviceLostError" and is_decode and is_backend
     assert "WebGPU device cannot be used" in message and "destroyed" in message, message

@@ -244,17 +244,23 @@ class Context:
             return
         # on failure the memory may hold part of the batch: make it match self.tokens again
         lib.llama_memory_seq_rm(self.memory, 0, len(self.tokens), -1)
+        self._check_device()
+        if rc == 1:
+            raise _native.fail(ContextFullError, "no room in the KV cache for the batch")
+        if rc == 2:
+            raise _native.fail(DecodeError, "decoding was aborted")
+        raise _native.fail(DecodeError, f"llama_decode failed with code {rc}")
+
+    def _check_device(self) -> None:
+        """Raise DeviceLostError if this context's WebGPU device failed (patches/0009): reading
+        results back from it cannot report an error in C, so it is asked after the fact."""
+        fault = _native.webgpu_device_fault() if self._on_webgpu else None
         if fault is not None:
             _native.take_native_errors()
             raise DeviceLostError(
                 f"the WebGPU device cannot be used: {fault}. It stays unusable in this process; "
                 "load the model with device='cpu' to go on"
             )
-        if rc == 1:
-            raise _native.fail(ContextFullError, "no room in the KV cache for the batch")
-        if rc == 2:
-            raise _native.fail(DecodeError, "decoding was aborted")
-        raise _native.fail(DecodeError, f"llama_decode failed with code {rc}")
 
     def request_abort(self) -> None:
         """Make a decode running in another thread stop soon (it raises DecodeError there).
@@ -366,6 +372,7 @@ class Context:
         size = lib.llama_state_get_size(self.ptr)
         buf = ffi.new("uint8_t[]", size)
         written = lib.llama_state_get_data(self.ptr, buf, size)
+        self._check_device()  # else the KV cache read back would be garbage
         n = len(self.tokens)
         # llama.cpp's state holds the KV cache but not the logits: keep the last ones with it
         logits = self.logits().tobytes() if n else b""
