@@ -168,6 +168,26 @@ def webgpu_unavailable() -> str | None:
     return _webgpu_unavailable
 
 
+_device_fault_fn: Any = None
+
+
+def webgpu_device_fault() -> str | None:
+    """Why the WebGPU device can no longer be used (lost, a failed or timed-out wait; patches/0009),
+    or None while it can (or when there is no WebGPU backend)."""
+    global _device_fault_fn
+    if _device_fault_fn is None:
+        reg = lib.ggml_backend_reg_by_name(WEBGPU_REG_NAME.encode())
+        if reg == ffi.NULL:
+            return None
+        fn = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_webgpu_device_fault")
+        if fn == ffi.NULL:
+            return None
+        fault_fn = ffi.cast("const char *(*)(ggml_backend_reg_t)", fn)
+        _device_fault_fn = lambda: fault_fn(reg)  # noqa: E731
+    reason = _device_fault_fn()
+    return None if reason == ffi.NULL else c_str(reason)
+
+
 def webgpu_adapter_info() -> dict | None:
     """What ggml-webgpu found when it probed Dawn for an adapter (patches/0003), or None."""
     reg = lib.ggml_backend_reg_by_name(WEBGPU_REG_NAME.encode())

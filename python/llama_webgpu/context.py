@@ -14,7 +14,14 @@ import numpy as np
 
 from . import _native
 from ._native import ffi, lib
-from .errors import ClosedError, ContextError, ContextFullError, DecodeError, LlamaError
+from .errors import (
+    ClosedError,
+    ContextError,
+    ContextFullError,
+    DecodeError,
+    DeviceLostError,
+    LlamaError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -122,6 +129,7 @@ class Context:
         if model.params.vocab_only:
             raise ContextError("a vocab-only model has no weights to run: load it without it")
         self.model = model  # a context keeps its model alive
+        self._on_webgpu = model.device is not None and model.device.is_webgpu
         self.params = params
         self.tokens: list[int] = []  # what sequence 0 holds, in order
         self._restored_logits: np.ndarray | None = None  # set by load_state until the next eval
@@ -300,11 +308,14 @@ class Context:
         # A Ctrl-C arriving meanwhile is raised by Python once this call returns (prompts are
         # evaluated n_batch tokens per call, so that is soon); the state stays consistent.
         rc = lib.llama_decode(ctx_ptr, b)
-        if rc == 0:
+        # a device lost while the results were read back leaves rc 0: ask ggml-webgpu too
+        fault = _native.webgpu_device_fault() if self._on_webgpu else None
+        if rc == 0 and fault is None:
             self.tokens.extend(chunk)
             return
         # on failure the memory may hold part of the batch: make it match self.tokens again
         lib.llama_memory_seq_rm(lib.llama_get_memory(ctx_ptr), 0, len(self.tokens), -1)
+        self._check_device()
         if rc == 1:
             raise _native.fail(ContextFullError, "no room in the KV cache for the batch")
         if rc == 2 and self._closing:
@@ -312,6 +323,17 @@ class Context:
         if rc == 2:
             raise _native.fail(DecodeError, "decoding was aborted")
         raise _native.fail(DecodeError, f"llama_decode failed with code {rc}")
+
+    def _check_device(self) -> None:
+        """Raise DeviceLostError if this context's WebGPU device failed (patches/0009): reading
+        results back from it cannot report an error in C, so it is asked after the fact."""
+        fault = _native.webgpu_device_fault() if self._on_webgpu else None
+        if fault is not None:
+            _native.take_native_errors()
+            raise DeviceLostError(
+                f"the WebGPU device cannot be used: {fault}. It stays unusable in this process; "
+                "load the model with device='cpu' to go on"
+            )
 
     def request_abort(self) -> None:
         """Make a decode running in another thread stop soon (it raises DecodeError there).
@@ -435,6 +457,7 @@ class Context:
             size = lib.llama_state_get_size(self.ptr)
             buf = ffi.new("uint8_t[]", size)
             written = lib.llama_state_get_data(self.ptr, buf, size)
+            self._check_device()  # else the KV cache read back would be garbage
             n = len(self.tokens)
             # llama.cpp's state holds the KV cache but not the logits: keep the last ones too
             logits = self.logits().tobytes() if n else b""

@@ -23,6 +23,11 @@ class DecodeError(LlamaError):
     """Evaluating a batch of tokens failed."""
 
 
+class DeviceLostError(DecodeError, BackendError):
+    """The WebGPU device was lost or stopped answering (a driver reset, a failed or timed-out wait).
+    It stays unusable in this process; models on the CPU still work."""
+
+
 class ContextFullError(DecodeError):
     """The tokens do not fit: the prompt or the generation exceeds the context size."""
 
