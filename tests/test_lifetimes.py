@@ -218,11 +218,30 @@ def test_dropping_a_model_with_its_default_context_frees_without_close():
     # context is freed before the model (its destructor holds the model's pointer)
     for _ in range(3):
         model = Model(model_path(), device="cpu")
+        # what generate(model, ...) makes on first use, with one thread (a busy machine)
+        model._default_context = model.context(n_ctx=64, n_threads=1)
         generate(model, "Hi", max_tokens=1, temperature=0)
         del model
         gc.collect()
     with Model(model_path(), device="cpu") as model:  # the process is sound
+        model._default_context = model.context(n_ctx=64, n_threads=1)
         assert generate(model, "Hi", max_tokens=1, temperature=0).tokens
+
+
+def test_a_dropped_model_is_freed_at_once_even_after_tokenizing():
+    # the model caches its tokenizer weakly: no cycle, so no wait for the cyclic collector
+    gc.collect()
+    gc.disable()
+    try:
+        start = lifetimes.rss_kib()
+        for _ in range(5):
+            model = Model(model_path(), device="cpu", use_mmap=False)  # weights in RSS
+            assert model.tokenizer.encode("Hello world") == [19556, 905]
+            del model
+        grown_mib = (lifetimes.rss_kib() - start) / 1024
+    finally:
+        gc.enable()
+    assert grown_mib < 150, grown_mib  # five unfreed models would be about 500 MiB
 
 
 def test_a_vocab_only_model_closes_with_its_tokenizer_in_use():

@@ -148,7 +148,11 @@ class Model:
         self._ptr = ffi.gc(ptr, lib.llama_model_free)
         self._vocab = lib.llama_model_get_vocab(ptr)
         self._n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
-        self._tokenizer: Tokenizer | None = None
+        # weak: a tokenizer keeps its model alive; a strong cache here would make a reference
+        # cycle, and a dropped model would then wait for the cyclic garbage collector (which
+        # does not see the native memory) instead of being freed at once
+        self._tokenizer: weakref.ref[Tokenizer] | None = None
+        self._eog_tokens: frozenset[int] | None = None  # Tokenizer.eog_tokens, scanned once
         # weak: contexts keep their model alive, not the other way round (no reference cycle
         # whose collection order could free the model before a context)
         self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
@@ -211,9 +215,11 @@ class Model:
     def tokenizer(self) -> Tokenizer:
         from .tokenizer import Tokenizer
 
-        if self._tokenizer is None:
-            self._tokenizer = Tokenizer(self)
-        return self._tokenizer
+        tok = self._tokenizer() if self._tokenizer is not None else None
+        if tok is None:
+            tok = Tokenizer(self)
+            self._tokenizer = weakref.ref(tok)
+        return tok
 
     @property
     def vocab(self) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -74,12 +73,16 @@ class Tokenizer:
         if not self.has_vocab:
             raise TokenizeError("the model has no vocabulary (tokenizer.ggml.model is 'none')")
 
-    @functools.cached_property
+    @property
     def eog_tokens(self) -> frozenset[int]:
-        """Every end-of-generation token (a scan of the vocabulary, done once)."""
+        """Every end-of-generation token (a scan of the vocabulary, done once per model)."""
         with self.model._lock:
             vocab = self.model.vocab
-            return frozenset(t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(vocab, t))
+            if self.model._eog_tokens is None:
+                self.model._eog_tokens = frozenset(
+                    t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(vocab, t)
+                )
+            return self.model._eog_tokens
 
     def check_token(self, token: int) -> int:
         """token as an int, if it is a valid id of this vocabulary. TokenizeError for an id
