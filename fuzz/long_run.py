@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -63,10 +64,12 @@ def main() -> None:
             print(f"run {len(runs)}: {stats}", flush=True)
     executions = sum(r.get("number_of_executed_units", 0) for r in runs)
     elapsed = time.monotonic() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     corpus_files = [p for p in corpus.iterdir() if p.is_file()]
     summary = {
         "target": args.target,
         "seconds": round(elapsed),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime),
         "runs": len(runs),
         "executions": executions,
         "exec_per_s": round(executions / elapsed, 1),
