@@ -142,6 +142,10 @@ def known_aborts(path: Path, info: GGUFInfo | None) -> tuple[str | None, str | N
                 "no_vocab with a huge vocab_size (resize to GBs in llama_vocab::impl::load)",
                 None,
             )
+    if info is not None and model == b"bert":
+        types = info.metadata.get("tokenizer.ggml.token_type")
+        if isinstance(types, list) and 6 in types[: len(texts or ())]:
+            return "WordPiece token of type BYTE (GGML_ABORT in token_to_byte)", None
     if texts is not None:
         words = [t or b"[EMPTY_%d]" % i for i, t in enumerate(texts)]
         if len(set(words)) != len(words):
