@@ -85,7 +85,7 @@ def cancel(ctx, rng: random.Random) -> str:
 
 def run_cancellations(ctx, fresh, n: int, seed: int) -> dict[str, int]:
     rng = random.Random(seed)
-    counts = {"break": 0, "close": 0, "raise": 0, "same_prompt": 0, "mismatches": 0}
+    counts = {"break": 0, "close": 0, "raise": 0, "mismatches": 0}
     for _ in range(n):
         counts[cancel(ctx, rng)] += 1
         p = rng.randrange(len(PROMPTS))
