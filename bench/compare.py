@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 
-
 def llama_bench_rows(
     exe: Path, kind: str, model: Path, reps: int, depths: list[int], env_extra: dict, threads: int
 ) -> dict[str, dict]:
@@ -46,7 +45,9 @@ def llama_bench_rows(
     start = time.time()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
-        print(f"  llama-bench failed ({kind}, {model.name}):\n{out.stderr[-2000:]}", file=sys.stderr)
+        print(
+            f"  llama-bench failed ({kind}, {model.name}):\n{out.stderr[-2000:]}", file=sys.stderr
+        )
         return {}
     rows = {}
     for row in json.loads(out.stdout):
@@ -101,7 +102,9 @@ def ours_rows(model_path: Path, reps: int, depths: list[int]) -> dict[str, dict]
             if depth:
                 ctx.eval(context[:-1])
             count, start = 0, None
-            for resp in stream_generate(ctx, context, max_tokens=128, temperature=0, logit_bias=ban):
+            for resp in stream_generate(
+                ctx, context, max_tokens=128, temperature=0, logit_bias=ban
+            ):
                 if start is None:
                     start = time.perf_counter()  # decode only, as llama-bench's tg
                 count = resp.generation_tokens
@@ -138,7 +141,9 @@ def report(results: dict, columns: list[str], depth: int) -> str:
             cells = []
             for c in columns:
                 r = by_backend.get(c, {}).get(test)
-                cells.append(f"{r['avg_ts']:10.1f} ± {r['stddev_ts']:<5.1f}" if r else f"{'-':>18s}")
+                cells.append(
+                    f"{r['avg_ts']:10.1f} ± {r['stddev_ts']:<5.1f}" if r else f"{'-':>18s}"
+                )
             lines.append("  " + f"{test:12s}" + "".join(f"{x:>18s}" for x in cells))
         webgpus = [c for c in columns if c.startswith("webgpu")]
         for test in tests:
@@ -159,11 +164,17 @@ def report(results: dict, columns: list[str], depth: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", default=[], help="NAME=PATH (repeatable)")
-    ap.add_argument("--bench", action="append", default=[], help="KIND=llama-bench (cuda, vulkan, webgpu, cpu)")
-    ap.add_argument("--webgpu-lib", action="append", default=[], help="NAME=libggml-webgpu.so variant")
+    ap.add_argument(
+        "--bench", action="append", default=[], help="KIND=llama-bench (cuda, vulkan, webgpu, cpu)"
+    )
+    ap.add_argument(
+        "--webgpu-lib", action="append", default=[], help="NAME=libggml-webgpu.so variant"
+    )
     ap.add_argument("--dawn-lib", help="libwebgpu_dawn.so for the WebGPU llama-bench")
     ap.add_argument("--ours", action="store_true", help="also the Python API on WebGPU")
-    ap.add_argument("--cpu-models", default="", help="comma list of models the CPU runs (default all)")
+    ap.add_argument(
+        "--cpu-models", default="", help="comma list of models the CPU runs (default all)"
+    )
     ap.add_argument("-r", type=int, default=3, help="repetitions")
     ap.add_argument("-t", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads")
     ap.add_argument("--depth", type=int, default=2048)
@@ -188,7 +199,9 @@ def main() -> None:
                 env["LLAMA_WEBGPU_DAWN_LIB"] = args.dawn_lib
             runs.append((kind, kind, Path(exe), env))
             for name, lib in variants.items():
-                runs.append((f"webgpu-{name}", "webgpu", Path(exe), dict(env, GGML_BACKEND_PATH=lib)))
+                runs.append(
+                    (f"webgpu-{name}", "webgpu", Path(exe), dict(env, GGML_BACKEND_PATH=lib))
+                )
         else:
             runs.append((kind, kind, Path(exe), env))
     for column, kind, exe, env in runs:
@@ -196,7 +209,9 @@ def main() -> None:
         for name, path in models.items():
             if kind == "cpu" and name not in cpu_models:
                 continue
-            results[name][column] = llama_bench_rows(exe, kind, Path(path), args.r, depths, env, args.t)
+            results[name][column] = llama_bench_rows(
+                exe, kind, Path(path), args.r, depths, env, args.t
+            )
     if args.ours:
         columns.append("ours")
         for name, path in models.items():
@@ -205,7 +220,9 @@ def main() -> None:
                 results[name]["ours"] = ours_rows(Path(path), args.r, depths)
             except Exception as e:  # report and go on: one model must not lose the others
                 print(f"  ours failed on {name}: {e}", file=sys.stderr)
-            print(f"  {'ours':16s} {name}: {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"  {'ours':16s} {name}: {time.time() - start:.0f} s", file=sys.stderr, flush=True
+            )
 
     text = report(results, columns, args.depth)
     print(text)

@@ -10,6 +10,8 @@
 #   bash bench/gpu_compare.sh setup     carry .gl .devcarry/wheels .devcarry/pkg .devcarry/tools.tar.xz
 #                                       .devcarry/variants: installs, makes the 1B- and 8B-shape
 #                                       models, runs WebGPU op tests for every libggml-webgpu variant
+#   bash bench/gpu_compare.sh ops       op tests (validation on), MUL_MAT n=1..8 perf, host time per
+#                                       graph for each speed patch     (same carry as setup)
 #   bash bench/gpu_compare.sh bench-ref     CUDA, Vulkan and CPU columns   (same carry as setup)
 #   bash bench/gpu_compare.sh bench-webgpu  WebGPU columns and our Python API (same carry as setup)
 #
@@ -89,16 +91,30 @@ setup)
     done
     ls -la $M
     vulkan_env
-    # llama.cpp's op tests on the GPU for every build of libggml-webgpu.so
-    for lib in $T/bin/libggml-webgpu.so $S/variants/*/libggml-webgpu.so; do
-        for op in MUL_MAT MUL_MAT_ID GET_ROWS SET_ROWS CPY ADD MUL RMS_NORM ROPE SOFT_MAX GLU FLASH_ATTN_EXT; do
-            printf "%s %s: " "$lib" "$op"
-            LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so GGML_BACKEND_PATH=$lib \
-                timeout 300 $T/bin/test-backend-ops test -b WebGPU -o "$op" 2>&1 | grep -E "tests passed|FAIL" | head -3 | tr '\n' ' ' || true
-            echo
-        done
-    done 2>&1 | tee "$OUT/ops.txt"
     tail -n 3 $S/build-cuda.log $S/build-vk.log || true
+    ;;
+ops)
+    # llama.cpp's op tests on the GPU with the shipped libggml-webgpu.so, Dawn's validation on
+    vulkan_env
+    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so GGML_WEBGPU_VALIDATE=1
+    for op in MUL_MAT MUL_MAT_ID GET_ROWS SET_ROWS CPY ADD MUL RMS_NORM ROPE SOFT_MAX SWIGLU GEGLU FLASH_ATTN_EXT ARGMAX; do
+        printf "%s: " "$op"
+        GGML_BACKEND_PATH=$T/bin/libggml-webgpu.so timeout 300 $T/bin/test-backend-ops test -b WebGPU -o "$op" 2>&1 \
+            | grep -E "tests passed|FAIL" | head -3 | tr '\n' ' ' || true
+        echo
+    done 2>&1 | tee "$OUT/ops.txt"
+    # the n = 1..8 matrix-vector cliff (patch 0013): MUL_MAT perf before and after
+    for lib in $S/variants/before-0013/libggml-webgpu.so $T/bin/libggml-webgpu.so; do
+        echo "== $lib"
+        GGML_BACKEND_PATH=$lib timeout 200 $T/bin/test-backend-ops perf -b WebGPU -o MUL_MAT \
+            -p "type_a=(q4_0|q4_K),type_b=f32,m=4096,n=[1-8],k=14336" 2>&1 | grep -E "MUL_MAT" || true
+    done 2>&1 | tee "$OUT/mul_mat_perf.txt"
+    # host time per decode graph (encode + submit), each speed patch against the one before
+    for d in $S/variants/timing-*/; do
+        printf "%s: " "$(basename $d)"
+        GGML_BACKEND_PATH=$d/libggml-webgpu.so $T/bin/llama-bench -m $M/SmolLM2-135M-Instruct.Q4_1.gguf \
+            -p 0 -n 128 -r 1 -fa 1 -ngl 99 -dev WebGPU 2>&1 | grep -E "LW_MEASURE" || echo
+    done 2>&1 | tee "$OUT/graph_timing.txt"
     ;;
 bench-ref)
     vulkan_env

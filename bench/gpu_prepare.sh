@@ -9,7 +9,7 @@
 #   .devcarry/src        the vendored llama.cpp tree, for the CUDA and Vulkan builds there
 #   .devcarry/vk         Debian's glslc, libshaderc1, libvulkan-dev, libvulkan1 (Vulkan build)
 #   .devcarry/variants/NAME/libggml-webgpu.so   other builds of the WebGPU backend to compare
-#                        (made by bench/build_variant.sh)
+#                        (made by bench/webgpu_variants.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=.devcarry
@@ -22,6 +22,7 @@ pip wheel -q --no-build-isolation --no-deps -w $D/pkg .
 build=$(dirname "$(ls build/*/CMakeCache.txt | tail -1)")
 cmake --build "$build" --target llama-bench llama-quantize test-backend-ops
 dawn=$(python -c "import importlib.util as u, pathlib; print(pathlib.Path(u.find_spec('rillfacet').origin).parent / 'libwebgpu_dawn.so')")
+cp "$build/libllama_webgpu_procs.so" "$build/bin/"  # the C tools' Dawn loader, beside them
 tar -cJf $D/tools.tar.xz -C "$build" bin/llama-bench bin/llama-quantize bin/test-backend-ops \
     $(cd "$build" && ls bin/*.so*) -C "$(dirname "$dawn")" libwebgpu_dawn.so
 model=$(python -c "import llama_webgpu as lw; print(lw.model_path())")

@@ -63,7 +63,9 @@ SHAPES = {
     # published configurations (config.json of meta-llama/Llama-3.2-1B and Llama-3.1-8B)
     "llama-1b": Shape("Llama-3.2-1B shape", 16, 2048, 8192, 32, 8, 128256, 500000.0, 131072, True),
     "tiny": Shape("tiny Llama shape (tests)", 2, 256, 512, 4, 2, 1000, 10000.0, 4096, True),
-    "llama-8b": Shape("Llama-3.1-8B shape", 32, 4096, 14336, 32, 8, 128256, 500000.0, 131072, False),
+    "llama-8b": Shape(
+        "Llama-3.1-8B shape", 32, 4096, 14336, 32, 8, 128256, 500000.0, 131072, False
+    ),
 }
 
 
@@ -149,8 +151,12 @@ def write_shape(shape: Shape, out: Path, seed: int = 0) -> None:
     infos, offset = [], 0
     for name, dims, ttype in tensors:
         nbytes = int(np.prod(dims)) * (4 if ttype == GGML_F32 else 2)
-        infos.append(_str(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
-                     + struct.pack("<IQ", ttype, offset))
+        infos.append(
+            _str(name)
+            + struct.pack("<I", len(dims))
+            + struct.pack(f"<{len(dims)}Q", *dims)
+            + struct.pack("<IQ", ttype, offset)
+        )
         offset += -(-nbytes // ALIGNMENT) * ALIGNMENT
 
     # one random block, reused for every matrix: values do not change speed
@@ -160,7 +166,7 @@ def write_shape(shape: Shape, out: Path, seed: int = 0) -> None:
         f.write(GGUF_MAGIC + struct.pack("<IQQ", GGUF_VERSION, len(tensors), len(kvs)))
         f.write(b"".join(kvs) + b"".join(infos))
         f.write(b"\0" * (-f.tell() % ALIGNMENT))
-        for name, dims, ttype in tensors:
+        for _name, dims, ttype in tensors:
             n = int(np.prod(dims))
             if ttype == GGML_F32:
                 data = np.ones(n, dtype="<f4").tobytes()

@@ -159,6 +159,9 @@ def run_ops(exe: Path, dawn: Path, ops: str, params: str | None, timeout: float)
         # one submission can take minutes on lavapipe (a cold shader compile); the upstream
         # default would abort at 30 s
         "GGML_WEBGPU_WAIT_TIMEOUT_MS": os.environ.get("GGML_WEBGPU_WAIT_TIMEOUT_MS", "900000"),
+        # Dawn's validation is off in normal runs (patches/0014); the op tests keep it on, so a
+        # malformed command (e.g. a stale cached bind group) fails here
+        "GGML_WEBGPU_VALIDATE": "1",
     }
     cmd = [str(exe), "test", "-b", "WebGPU", "-o", ops] + (["-p", params] if params else [])
     try:

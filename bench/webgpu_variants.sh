@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds libggml-webgpu.so with the patch series cut before each speed patch, so one run on the GPU
+# machine measures every patch against the one before (bench/gpu_compare.sh --webgpu-lib columns):
+#
+#   bash bench/webgpu_variants.sh [--timing] PATCH...     e.g. 0011 0012 0013 0014
+#
+# gives .devcarry/variants/before-PATCH/libggml-webgpu.so for each PATCH (the series without
+# PATCH and everything after it). With --timing, also timing-before-PATCH and timing-all: the same
+# builds with bench/webgpu_graph_timing.py's host-time measurement. Only ggml-webgpu is rebuilt
+# (with the build tree's compile flags), from copies: the vendored tree is left as it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+timing=0
+if [ "${1:-}" = "--timing" ]; then timing=1; shift; fi
+B=$(dirname "$(ls build/*/CMakeCache.txt | tail -1)")
+B=$(cd "$B" && pwd)
+V=$PWD/vendor/llama.cpp
+W=ggml/src/ggml-webgpu
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+compile() {  # compile DIR NAME: DIR holds ggml-webgpu.cpp and ggml-webgpu-shader-lib.hpp
+    local d=$1 out=.devcarry/variants/$2
+    mkdir -p "$out"
+    g++ -DGGML_BACKEND_BUILD -DGGML_BACKEND_DL -DGGML_BACKEND_SHARED -DGGML_SCHED_MAX_COPIES=4 -DGGML_SHARED \
+        -D_GNU_SOURCE -D_XOPEN_SOURCE=600 -iquote "$V/$W" -I"$V/ggml/src" -I"$B/llama.cpp/$W/generated" \
+        -I"$V/ggml/include" -I"$B/dawn/include" -O3 -DNDEBUG -fPIC -std=gnu++20 -c "$d/ggml-webgpu.cpp" -o "$d/ggml-webgpu.o"
+    g++ -shared -o "$out/libggml-webgpu.so" "$d/ggml-webgpu.o" "$B/bin/libggml-base.so" "$B/libllama_webgpu_procs.so"
+    echo "built $out"
+}
+
+variant() {  # variant NAME DIR: the plain build, and with --timing the measured one
+    compile "$2" "$1"
+    if [ $timing = 1 ]; then
+        mkdir -p "$2/t" && cp "$2/ggml-webgpu-shader-lib.hpp" "$2/t/"
+        python bench/webgpu_graph_timing.py "$2/ggml-webgpu.cpp" "$2/t/ggml-webgpu.cpp"
+        compile "$2/t" "timing-$1"
+    fi
+}
+
+mapfile -t series < <(grep -v '^#' patches/series | sed '/^$/d')
+for cut in "$@"; do
+    d=$tmp/before-$cut
+    mkdir -p "$d/$W"
+    cp "$V/$W/ggml-webgpu.cpp" "$V/$W/ggml-webgpu-shader-lib.hpp" "$d/$W/"
+    # undo, last first, every patch from the end of the series back to (and including) $cut
+    for ((i = ${#series[@]} - 1; i >= 0; i--)); do
+        p=${series[$i]}
+        if grep -q "^+++ b/$W/" "patches/$p"; then
+            (cd "$d" && patch -s -R -p1 --no-backup-if-mismatch < "$OLDPWD/patches/$p")
+        fi
+        [[ $p == "$cut"* ]] && break
+    done
+    variant "before-$cut" "$d/$W"
+done
+if [ $timing = 1 ]; then
+    d=$tmp/all/$W && mkdir -p "$d/t"
+    cp "$V/$W/ggml-webgpu-shader-lib.hpp" "$d/t/"
+    python bench/webgpu_graph_timing.py "$V/$W/ggml-webgpu.cpp" "$d/t/ggml-webgpu.cpp"
+    compile "$d/t" timing-all
+fi
