@@ -335,3 +335,18 @@ def test_webgpu_greedy_generation_is_repeatable(webgpu_device, greedy_capital):
     assert a.tokens == b.tokens
     # a confident answer: the GPU agrees with the CPU ("The capital of France")
     assert a.tokens == greedy_capital.tokens[:4]
+
+
+def _os_threads() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+def test_cpu_worker_threads_give_the_same_tokens_and_end_with_the_context(model, greedy_capital):
+    # n_threads > 1 attaches a CPU threadpool kept between decode calls (as llama-bench does)
+    before = _os_threads()
+    with model.context(n_ctx=128, n_threads=2, n_threads_batch=3) as c:
+        assert _os_threads() >= before + 1 + 2  # a worker for 2 threads, two for 3
+        out = generate(c, CAPITAL, max_tokens=len(greedy_capital.tokens), temperature=0)
+    assert out.tokens == greedy_capital.tokens
+    assert _os_threads() == before

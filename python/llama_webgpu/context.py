@@ -166,9 +166,24 @@ class Context:
             ptr = lib.llama_init_from_model(model.ptr, cp)
             if ptr == ffi.NULL:
                 raise _native.fail(ContextError, "failed to create a context")
+            # CPU contexts keep their worker threads between decode calls (llama-bench does
+            # too); a WebGPU context runs its graph on the GPU and needs no spinning workers.
+            pools = []
+            if not self._on_webgpu and cp.n_threads > 1:
+                pools.append(_native.CpuThreadpool(cp.n_threads))
+                if cp.n_threads_batch != cp.n_threads:
+                    pools.append(_native.CpuThreadpool(cp.n_threads_batch))
+                lib.llama_attach_threadpool(ptr, pools[0].ptr, pools[-1].ptr)
+
             # The destructor holds the model's pointer object: even when a reference cycle
-            # (model -> its default context -> model) is collected, the context is freed first.
-            self._ptr = ffi.gc(ptr, lambda p, _model=model._ptr: lib.llama_free(p))
+            # (model -> its default context -> model) is collected, the context is freed first;
+            # and it holds the threadpools, freed only after the context.
+            def free_context(p: Any, _model: Any = model._ptr, _pools: list = pools) -> None:
+                lib.llama_free(p)
+                for pool in _pools:
+                    pool.free()
+
+            self._ptr = ffi.gc(ptr, free_context)
             model._contexts.add(self)
         self.n_ctx = int(lib.llama_n_ctx(ptr))
         self.n_batch = int(lib.llama_n_batch(ptr))
