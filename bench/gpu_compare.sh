@@ -13,7 +13,8 @@
 #   bash bench/gpu_compare.sh ops       op tests (validation on), MUL_MAT n=1..8 perf, host time per
 #                                       graph for each speed patch     (same carry as setup)
 #   bash bench/gpu_compare.sh bench-ref     CUDA, Vulkan and CPU columns   (same carry as setup)
-#   bash bench/gpu_compare.sh bench-webgpu  WebGPU columns and our Python API (same carry as setup)
+#   bash bench/gpu_compare.sh bench-webgpu  WebGPU: shipped library and each speed-patch cut (same carry)
+#   bash bench/gpu_compare.sh bench-ours    our Python API against llama-bench, WebGPU and CPU (same carry)
 #
 # Results (raw JSON and logs) go to $OUT; they are committed under bench/results/<date>-h100/.
 set -euo pipefail
@@ -126,12 +127,22 @@ bench-ref)
         --cpu-models smollm2,gemma3-270m -r "${REPS:-3}" --json "$OUT/compare-ref.json" 2>&1 | tee "$OUT/compare-ref.txt"
     ;;
 bench-webgpu)
+    # WebGPU with the shipped library and with the series cut before each speed patch
     vulkan_env
     variants=()
-    for d in $S/variants/*/; do variants+=(--webgpu-lib "$(basename $d)=$d/libggml-webgpu.so"); done
+    for d in $S/variants/before-*/; do variants+=(--webgpu-lib "$(basename $d)=$d/libggml-webgpu.so"); done
     PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) --bench webgpu=$T/bin/llama-bench \
-        --dawn-lib $T/libwebgpu_dawn.so "${variants[@]}" ${OURS:+--ours} -r "${REPS:-3}" \
+        --dawn-lib $T/libwebgpu_dawn.so "${variants[@]}" -r "${REPS:-3}" \
         --json "$OUT/compare-webgpu.json" 2>&1 | tee "$OUT/compare-webgpu.txt"
+    ;;
+bench-ours)
+    # our Python API against llama-bench: WebGPU (all tests, same library), then CPU decode
+    vulkan_env
+    PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) --bench webgpu=$T/bin/llama-bench \
+        --dawn-lib $T/libwebgpu_dawn.so --ours -r "${REPS:-3}" \
+        --json "$OUT/compare-ours.json" 2>&1 | tee "$OUT/compare-ours.txt"
+    PYTHONUNBUFFERED=1 python3 bench/decode.py --model $M/SmolLM2-135M-Instruct.Q4_1.gguf --device cpu \
+        -n 128 -r 5 --llama-bench $T/bin/llama-bench --json "$OUT/decode-cpu.json" 2>&1 | tee "$OUT/decode-cpu.txt"
     ;;
 *)
     sed -n '2,16p' "$0"
