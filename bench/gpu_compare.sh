@@ -70,7 +70,13 @@ part2)
     [ "$(sha256sum < $M/SmolLM2-135M-Instruct.Q4_1.gguf | cut -c1-64)" = \
       "$(cut -c1-64 .devcarry/m2/SmolLM2-135M-Instruct.Q4_1.gguf.sha256)" ] && echo "SmolLM2: sha256 OK"
     python3 bench/make_model.py fill .devcarry/m2/gemma-3-270m.head $M/gemma-3-270m-random-Q4_K_M.gguf
+    # wait (at most 9 minutes in all) for the CUDA and Vulkan builds started by part1
+    for _ in $(seq 100); do
+        pgrep -f "cmake --build $S/build-" >/dev/null || break
+        sleep 5
+    done
     tail -n 2 $S/build-cuda.log $S/build-vk.log || true
+    ls $S/*.ok || true
     ;;
 setup)
     for f in .gl/*.deb; do dpkg -x "$f" /; done
