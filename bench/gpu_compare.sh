@@ -72,7 +72,7 @@ part2)
     python3 bench/make_model.py fill .devcarry/m2/gemma-3-270m.head $M/gemma-3-270m-random-Q4_K_M.gguf
     # wait (at most 9 minutes in all) for the CUDA and Vulkan builds started by part1
     for _ in $(seq 100); do
-        pgrep -f "cmake --build $S/build-" >/dev/null || break
+        pgrep -f "gpu_compare.sh build" >/dev/null || break
         sleep 5
     done
     tail -n 2 $S/build-cuda.log $S/build-vk.log || true
