@@ -32,6 +32,10 @@ models() {  # MODELS="smollm2 llama-1b" picks some
     done
 }
 
+sync_variants() {  # the libggml-webgpu.so builds carried by this call
+    rm -rf $S/variants && cp -r .devcarry/variants $S/variants
+}
+
 vulkan_env() {
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 }
@@ -84,7 +88,6 @@ setup)
     python3 -m pip install --no-index --no-deps --break-system-packages -q .devcarry/wheels/*.whl \
         .devcarry/pkg/*.whl 2>&1 | grep -v WARNING || true
     mkdir -p $T && tar -C $T -xJf .devcarry/tools.tar.xz
-    rm -rf $S/variants && cp -r .devcarry/variants $S/variants
     python3 -c "import llama_webgpu as lw; print(lw.devices())"
     # the 1B and 8B shapes, random weights, quantized with llama-quantize
     for shape in llama-1b:Q4_K_M llama-8b:Q4_0; do
@@ -103,6 +106,7 @@ setup)
 ops)
     # llama.cpp's op tests on the GPU with the shipped libggml-webgpu.so, Dawn's validation on
     vulkan_env
+    sync_variants
     export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so GGML_WEBGPU_VALIDATE=1
     for op in MUL_MAT MUL_MAT_ID GET_ROWS SET_ROWS CPY ADD MUL RMS_NORM ROPE SOFT_MAX SWIGLU GEGLU FLASH_ATTN_EXT ARGMAX; do
         printf "%s: " "$op"
@@ -135,6 +139,7 @@ bench-ref)
 bench-webgpu)
     # WebGPU with the shipped library and with the series cut before each speed patch
     vulkan_env
+    sync_variants
     variants=()
     for d in $S/variants/before-*/; do variants+=(--webgpu-lib "$(basename $d)=$d/libggml-webgpu.so"); done
     PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) --bench webgpu=$T/bin/llama-bench \
