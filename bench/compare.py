@@ -80,38 +80,40 @@ def ours_rows(model_path: Path, reps: int, depths: list[int]) -> dict[str, dict]
     rng = random.Random(0)
     specials = set(tok.eog_tokens) | {tok.bos}
     vocab = [t for t in range(model.n_vocab // 4, model.n_vocab) if t not in specials]
-    ctx = model.context(n_ctx=max(depths) + 512 + 128 + 64, n_batch=512, flash_attn=True)
     rows: dict[str, dict] = {}
 
+    # contexts sized as llama-bench sizes its own (n_prompt + n_gen + n_depth): the KV cache
+    # length changes attention cost, which shows on small models
     speeds = []
-    for rep in range(reps + 1):
-        ctx.reset()
-        prompt = [rng.choice(vocab) for _ in range(512)]
-        t0 = time.perf_counter()
-        ctx.eval(prompt)
-        ctx.logits()
-        if rep:  # the first run warms up (shader compilation)
-            speeds.append(512 / (time.perf_counter() - t0))
+    with model.context(n_ctx=512, n_batch=512, flash_attn=True) as ctx:
+        for rep in range(reps + 1):
+            ctx.reset()
+            prompt = [rng.choice(vocab) for _ in range(512)]
+            t0 = time.perf_counter()
+            ctx.eval(prompt)
+            ctx.logits()
+            if rep:  # the first run warms up (shader compilation)
+                speeds.append(512 / (time.perf_counter() - t0))
     rows["pp512"] = _stats(speeds)
 
     for depth in depths:
         speeds = []
         context = [rng.choice(vocab) for _ in range(depth)] + [tok.bos or 1]
-        for rep in range(reps + 1):
-            ctx.reset()
-            if depth:
-                ctx.eval(context[:-1])
-            count, start = 0, None
-            for resp in stream_generate(
-                ctx, context, max_tokens=128, temperature=0, logit_bias=ban
-            ):
-                if start is None:
-                    start = time.perf_counter()  # decode only, as llama-bench's tg
-                count = resp.generation_tokens
-            if count != 128:
-                raise RuntimeError(f"generated {count} tokens, expected 128")
-            if rep:
-                speeds.append(127 / (time.perf_counter() - start))
+        with model.context(n_ctx=depth + 1 + 128, n_batch=512, flash_attn=True) as ctx:
+            for rep in range(reps + 1):
+                ctx.reset()
+                if depth:
+                    ctx.eval(context[:-1])
+                count, start = 0, None
+                steps = stream_generate(ctx, context, max_tokens=128, temperature=0, logit_bias=ban)
+                for resp in steps:
+                    if start is None:
+                        start = time.perf_counter()  # decode only, as llama-bench's tg
+                    count = resp.generation_tokens
+                if count != 128:
+                    raise RuntimeError(f"generated {count} tokens, expected 128")
+                if rep:
+                    speeds.append(127 / (time.perf_counter() - start))
         rows["tg128" if depth == 0 else f"tg128@d{depth}"] = _stats(speeds)
     model.close()
     return rows
