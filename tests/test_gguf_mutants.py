@@ -22,18 +22,20 @@ from gguf_mutants import probe, summarize  # noqa: E402
 
 pytestmark = pytest.mark.model
 
-PER_MODEL = {"smollm2-135m-instruct": 40, "gemma-3-270m": 20}
+PER_MODEL = {"smollm2-135m-instruct": 80, "gemma-3-270m": 40}
+SEED = 1  # its SmolLM2 mutant 9 (a bit flip that duplicates a token) aborted the pinned llama.cpp
 
 
 def test_mutated_files_never_crash_or_hang_the_loader(tmp_path):
     files = []
     for name, count in PER_MODEL.items():
-        stream = mutants(Gguf.parse(lw.model_path(name)), seed=7)
+        stream = mutants(Gguf.parse(lw.model_path(name)), seed=SEED)
         files += [next(stream).build(tmp_path) for _ in range(count)]
-    outcomes = probe([(p, "cpu") for p in files], timeout=10.0)
+    # each file: read_gguf (the header), a vocab_only load and a full CPU load
+    outcomes = probe([(p, "all") for p in files], timeout=10.0)
     bad = [f"{o.outcome}: {o.path.name}: {o.type} {o.message[:200]}" for o in outcomes if not o.ok]
     assert not bad, "\n".join(bad)
-    assert len(outcomes) == len(files)
+    assert {o.path for o in outcomes} == set(files)
     counts = summarize(outcomes)
     # the corpus must exercise both sides: most mutants are rejected, a few still load
     assert counts.get("error", 0) >= len(files) // 2, counts

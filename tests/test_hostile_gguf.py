@@ -140,3 +140,17 @@ def test_inconsistent_vocabulary_arrays_are_load_errors(outcomes, name):
 
 def test_special_token_id_out_of_range_loads_or_fails_cleanly(outcomes):
     check(outcomes, "special_token_id_out_of_range", may_load=True)
+
+
+def test_assert_during_load_is_a_load_error_and_the_process_goes_on(outcomes, tmp_path):
+    """An unknown rope.scaling.type reaches a GGML_ASSERT in load_hparams that no check precedes.
+    patches/0007 turns it into a ModelLoadError carrying the assert text; the same process then
+    loads the good model and tokenizes with it."""
+    case, _ = outcomes["rope_scaling_type_unknown"]
+    good = lw.model_path()
+    first, second = probe([(case.path, "cpu"), (good, "cpu")], timeout=10.0)
+    assert first.outcome == "error", f"{first.outcome}: {first.message}"
+    assert first.type == "ModelLoadError"
+    assert "GGML_ASSERT(hparams.rope_scaling_type_train" in first.message, first.message
+    assert second.outcome == "loaded", f"{second.outcome}: {second.message}"
+    assert second.child == first.child, "the good model was loaded by a new process"
