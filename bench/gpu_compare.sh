@@ -44,10 +44,10 @@ build() {  # runs in the background from part1
     local common=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_APP=OFF
         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF
         -DLLAMA_OPENSSL=OFF)
-    (cmake -S $S/llama.cpp -B $S/build-cuda "${common[@]}" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+    [ "${1:-}" = vk ] || (cmake -S $S/llama.cpp -B $S/build-cuda "${common[@]}" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
         && cmake --build $S/build-cuda --target llama-bench -j 10 && touch $S/cuda.ok) > $S/build-cuda.log 2>&1 &
     (export LD_LIBRARY_PATH=$S/vk/usr/lib/x86_64-linux-gnu
-     cmake -S $S/llama.cpp-vk -B $S/build-vk "${common[@]}" -DGGML_VULKAN=ON \
+     cmake -S $S/llama.cpp-vk -B $S/build-vk "${common[@]}" -DGGML_VULKAN=ON -DCMAKE_PREFIX_PATH=$S/vk/usr \
         -DVulkan_INCLUDE_DIR=$S/vk/usr/include -DVulkan_LIBRARY=$S/vk/usr/lib/x86_64-linux-gnu/libvulkan.so.1 \
         -DVulkan_GLSLC_EXECUTABLE=$S/vk/usr/bin/glslc \
         && cmake --build $S/build-vk --target llama-bench -j 6 && touch $S/vk.ok) > $S/build-vk.log 2>&1 &
@@ -67,6 +67,13 @@ part1)
     nproc; ls $M
     ;;
 build) build ;;
+build-vk) build vk ;;
+vk-retry)  # the Vulkan build again (e.g. after adding a missing build dependency to .devcarry/vk)
+    for d in .devcarry/vk/*.deb; do dpkg -x "$d" $S/vk; done
+    cp bench/gpu_compare.sh $S/
+    rm -rf $S/build-vk
+    setsid nohup bash $S/gpu_compare.sh build-vk > $S/build.log 2>&1 < /dev/null &
+    ;;
 part2)
     cp .devcarry/m2/part01 $M/smollm2.part01
     cat $M/smollm2.part00 $M/smollm2.part01 > $M/SmolLM2-135M-Instruct.Q4_1.gguf
