@@ -6,10 +6,11 @@
 #   bash bench/gpu_compare.sh part1     carry .devcarry/m1 .devcarry/src .devcarry/vk: first model
 #                                       half, llama.cpp source, Vulkan build tools; starts the CUDA
 #                                       and Vulkan builds of llama-bench in the background
+#   bash bench/gpu_compare.sh stash1    (instead of part1, carry .devcarry/m1) no CUDA/Vulkan builds
 #   bash bench/gpu_compare.sh part2     carry .devcarry/m2: second half + the Gemma-3-270M head
 #   bash bench/gpu_compare.sh setup     carry .gl .devcarry/wheels .devcarry/pkg .devcarry/tools.tar.xz
 #                                       .devcarry/variants: installs, makes the 1B- and 8B-shape
-#                                       models, runs WebGPU op tests for every libggml-webgpu variant
+#                                       models (random weights, llama-quantize)
 #   bash bench/gpu_compare.sh ops       op tests (validation on), MUL_MAT n=1..8 perf, host time per
 #                                       graph for each speed patch     (same carry as setup)
 #   bash bench/gpu_compare.sh bench-ref     CUDA, Vulkan and CPU columns   (same carry as setup)
@@ -65,6 +66,9 @@ part1)
     setsid nohup bash $S/gpu_compare.sh build > $S/build.log 2>&1 < /dev/null &
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     nproc; ls $M
+    ;;
+stash1)  # part1 without the builds (for a run that needs no CUDA/Vulkan columns)
+    cp .devcarry/m1/part00 $M/smollm2.part00
     ;;
 build) build ;;
 build-vk) build vk ;;
@@ -163,7 +167,7 @@ bench-ours)
         -n 128 -r 5 --llama-bench $T/bin/llama-bench --json "$OUT/decode-cpu.json" 2>&1 | tee "$OUT/decode-cpu.txt"
     ;;
 *)
-    sed -n '2,16p' "$0"
+    sed -n '2,20p' "$0"
     exit 2
     ;;
 esac
