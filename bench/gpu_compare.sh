@@ -16,6 +16,7 @@
 #   bash bench/gpu_compare.sh bench-ref     CUDA, Vulkan and CPU columns   (same carry as setup)
 #   bash bench/gpu_compare.sh bench-webgpu  WebGPU: shipped library and each speed-patch cut (same carry)
 #   bash bench/gpu_compare.sh bench-ours    our Python API against llama-bench, WebGPU and CPU (same carry)
+#   bash bench/gpu_compare.sh bench-all     all columns in one run (CUDA, Vulkan, WebGPU, CPU, ours)
 #
 # Results (raw JSON and logs) go to $OUT; they are committed under bench/results/<date>-h100/.
 set -euo pipefail
@@ -156,6 +157,17 @@ bench-webgpu)
     PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) --bench webgpu=$T/bin/llama-bench \
         --dawn-lib $T/libwebgpu_dawn.so "${variants[@]}" -r "${REPS:-3}" \
         --json "$OUT/compare-webgpu.json" 2>&1 | tee "$OUT/compare-webgpu.txt"
+    ;;
+bench-all)
+    # every column in one run: CUDA, Vulkan, WebGPU (shipped library), CPU, our Python API
+    vulkan_env
+    ls $S/cuda.ok $S/vk.ok
+    PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) --bench cuda=$S/build-cuda/bin/llama-bench \
+        --bench vulkan=$S/build-vk/bin/llama-bench --bench webgpu=$T/bin/llama-bench \
+        --bench cpu=$T/bin/llama-bench --cpu-models smollm2,gemma3-270m --dawn-lib $T/libwebgpu_dawn.so \
+        --ours -r "${REPS:-3}" --json "$OUT/compare-all.json" 2>&1 | tee "$OUT/compare-all.txt"
+    PYTHONUNBUFFERED=1 python3 bench/decode.py --model $M/SmolLM2-135M-Instruct.Q4_1.gguf --device cpu \
+        -n 128 -r 5 --llama-bench $T/bin/llama-bench --json "$OUT/decode-cpu.json" 2>&1 | tee "$OUT/decode-cpu.txt"
     ;;
 bench-ours)
     # our Python API against llama-bench: WebGPU (all tests, same library), then CPU decode

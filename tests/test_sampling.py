@@ -301,3 +301,29 @@ def test_other_samplers_build_and_choose_a_valid_token(vocab_model):
             s.feed_prompt([1, 2, 3])
             token = s.sample_logits(logits)
             assert 0 <= token < vocab_model.n_vocab, opts
+
+
+@pytest.fixture(scope="module")
+def cpu_ctx():
+    with Model(model_path(), device="cpu") as m, m.context(n_ctx=64, n_threads=1) as c:
+        c.eval(m.tokenizer.encode("The capital of France is"))
+        yield c
+
+
+@pytest.mark.parametrize("bias", ["none", "ban the top two, lift one"])
+def test_greedy_fast_path_chooses_what_the_sampler_chain_chooses(cpu_ctx, bias):
+    logits = cpu_ctx.logits()
+    order = np.argsort(-logits)
+    biases = {}
+    if bias != "none":
+        biases = {int(order[0]): -math.inf, int(order[1]): -1000.0, int(order[50]): 3.5}
+    sampler = make_sampler(cpu_ctx.model, temperature=0, logit_bias=biases)
+    assert sampler._fast_greedy is not None  # greedy + bias only: the numpy path
+    fast = sampler.sample(cpu_ctx)
+    chain = sampler.sample_logits(logits)  # llama.cpp's logit-bias + greedy chain
+    assert fast == chain
+    expected = logits.copy()
+    for token, b in biases.items():
+        expected[token] += b
+    assert fast == int(np.argmax(expected))
+    assert fast != int(order[0]) or bias == "none"

@@ -233,6 +233,9 @@ class Sampler:
         self._lock = threading.RLock()
         self._owner: object | None = None  # the generation using it (see generate._steps)
         self._has_history = False  # has penalties or DRY, which want to see the prompt
+        self._bias: dict[int, float] = {}  # logit bias, suppressed tokens included
+        # greedy with at most a logit bias: (ids, biases) for sampling with numpy's argmax
+        self._fast_greedy: tuple[np.ndarray, np.ndarray] | None = None
         self.n_vocab = model.n_vocab
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
         # the destructors hold the model's pointer object: the samplers (the grammar refers
@@ -262,6 +265,11 @@ class Sampler:
                 if ptr == ffi.NULL:
                     raise _native.fail(GrammarError, "the grammar could not be parsed")
                 self._grammar = ffi.gc(ptr, free)
+        if params.greedy and not self._has_history and self._grammar == ffi.NULL:
+            self._fast_greedy = (
+                np.fromiter(self._bias.keys(), dtype=np.int64, count=len(self._bias)),
+                np.fromiter(self._bias.values(), dtype=np.float32, count=len(self._bias)),
+            )
 
     def _stages(self) -> list[Any]:
         """The chain's samplers in order, created one by one (freed if a later one fails)."""
@@ -346,6 +354,7 @@ class Sampler:
         suppress = lib.llama_vocab_get_suppress_tokens(self.model.vocab, n)
         for i in range(n[0] if suppress != ffi.NULL else 0):
             bias[int(suppress[i])] = -math.inf  # model-specific suppressed tokens
+        self._bias = bias
         if bias:
             arr = ffi.new("llama_logit_bias[]", len(bias))
             for i, (token, value) in enumerate(bias.items()):
@@ -451,10 +460,30 @@ class Sampler:
                 return self.sample_logits(logits)
             with self._lock:
                 self._check_open()
-                token = lib.llama_sampler_sample(self._chain, ctx.ptr, -1)
+                token = (
+                    self._sample_greedy(ctx)
+                    if self._fast_greedy is not None
+                    else lib.llama_sampler_sample(self._chain, ctx.ptr, -1)
+                )
         if token < 0:
             raise _native.fail(LlamaError, "the sampler chain chose no token")
         return int(token)
+
+    def _sample_greedy(self, ctx: Context) -> int:
+        """What the chain (logit bias, then greedy) would choose, without its O(n_vocab) array of
+        candidates: an argmax over the logits in place (first maximum, as llama.cpp's greedy).
+        For a 128k-262k vocabulary that array cost about 0.5 ms per token."""
+        ptr = lib.llama_get_logits_ith(ctx.ptr, -1)
+        if ptr == ffi.NULL:
+            return -1
+        logits = np.frombuffer(ffi.buffer(ptr, 4 * self.n_vocab), dtype=np.float32)
+        ids, biases = self._fast_greedy
+        if len(ids):
+            logits = logits.copy()
+            logits[ids] += biases
+        token = int(np.argmax(logits))
+        lib.llama_sampler_accept(self._chain, token)  # as llama_sampler_sample does
+        return token
 
     def sample_logits(self, logits: np.ndarray) -> int:
         """Choose (and accept) a token from logits (n_vocab floats) through grammar and chain.
