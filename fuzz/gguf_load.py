@@ -132,7 +132,9 @@ def known_aborts(path: Path, info: GGUFInfo | None) -> tuple[str | None, str | N
     keys = _vocab_keys(path)
     if os.environ.get("LW_FUZZ_KNOWN") == "1" or keys is None:
         return None, None
-    model, texts, charsmap = keys
+    # (an SPM vocabulary without a byte token and a bad Unigram charsmap threw through
+    # llama_tokenize: TokenizeError since patches/0008, so the fuzzer no longer skips them)
+    model, texts, _charsmap = keys
     if info is not None and any(_ggml_rejects(t.shape) for t in info.tensors):
         return "empty tensor with an element count over INT64_MAX (GGML_ASSERT in ggml.c)", None
     if info is not None and model in (b"no_vocab", b"none"):
@@ -150,17 +152,10 @@ def known_aborts(path: Path, info: GGUFInfo | None) -> tuple[str | None, str | N
         words = [t or b"[EMPTY_%d]" % i for i, t in enumerate(texts)]
         if len(set(words)) != len(words):
             return "duplicate token texts (GGML_ASSERT in llama_vocab::impl::load)", None
-    if model == b"llama":
-        have = set(texts or ())
-        for b in range(256):
-            if b"<0x%02X>" % b not in have and bytes([b]) not in have:
-                return None, "SPM vocabulary without a byte token (std::out_of_range)"
     if model == b"rwkv" and not all(
         bytes([b]) in {_rwkv_unescape(t) for t in texts or ()} for b in range(256)
     ):
         return None, "RWKV vocabulary without a one-byte token (endless loop in tokenize)"
-    if model == b"t5" and charsmap:
-        return None, "precompiled charsmap (its XCDA is checked by throwing)"
     return None, None
 
 

@@ -62,3 +62,25 @@ def test_info_report_skips_empty_tensors(name: str):
     info = read_gguf(DATA / name)
     assert any(0 in t.shape for t in info.tensors)
     assert "on CPU:" in report(info, None)
+
+
+# every printable character up to U+024F: reaches byte fallback and charsmap normalization
+ALL_CHARS = "".join(chr(i) for i in range(1, 0x250))
+
+
+@pytest.mark.parametrize(
+    ("name", "native_message"),
+    [
+        ("native-spm-missing-byte-token", "unordered_map::at"),
+        ("native-ugm-bad-charsmap", "Index out of array bounds"),
+    ],
+)
+def test_tokenizer_exception_in_llama_cpp_is_a_tokenize_error_not_a_dead_process(
+    name, native_message
+):
+    # these threw C++ exceptions through llama_tokenize (std::terminate); patches/0008
+    with Model(DATA / f"{name}.gguf", vocab_only=True, device="cpu") as model:
+        with pytest.raises(TokenizeError, match=native_message):
+            model.tokenizer.encode(ALL_CHARS)
+        # the process and the model go on
+        assert isinstance(model.tokenizer.decode([model.n_vocab - 1]), str)

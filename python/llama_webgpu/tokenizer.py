@@ -8,8 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _native
 from ._native import ffi, lib
 from .errors import TokenizeError
+
+# what llama.cpp's tokenizer functions return on failure (INT32_MIN)
+_FAILED = -(2**31)
 
 if TYPE_CHECKING:
     from .model import Model
@@ -152,8 +156,8 @@ class Tokenizer:
                         f"{bad}, outside the vocabulary (it has no unknown token)"
                     )
                 return ids
-            if n == -(2**31):
-                raise TokenizeError("tokenization overflowed")
+            if n == _FAILED:  # overflow, or the vocabulary failed (patches/0008)
+                raise _native.fail(TokenizeError, "llama.cpp could not tokenize this text")
             capacity = -n
 
     def token_to_piece(self, token: int, *, special: bool = True) -> bytes:
@@ -166,6 +170,8 @@ class Tokenizer:
             n = self._call(lib.llama_token_to_piece, token, buf, size, 0, special)
             if n >= 0:
                 return ffi.unpack(buf, n)
+            if n == _FAILED:
+                raise _native.fail(TokenizeError, f"llama.cpp could not render token {token}")
             size = -n
 
     def decode_bytes(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
@@ -180,6 +186,8 @@ class Tokenizer:
             n = self._call(lib.llama_detokenize, arr, len(ids), buf, size, False, special)
             if n >= 0:
                 return ffi.unpack(buf, n)
+            if n == _FAILED:
+                raise _native.fail(TokenizeError, "llama.cpp could not detokenize these tokens")
             size = -n
 
     def decode(self, tokens: Sequence[int], *, special: bool = False) -> str:
