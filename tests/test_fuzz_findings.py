@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_webgpu.errors import TokenizeError
+from llama_webgpu.errors import ModelLoadError, TokenizeError
 from llama_webgpu.model import Model
 from llama_webgpu.modelinfo import read_gguf, report
 
@@ -84,3 +84,17 @@ def test_tokenizer_exception_in_llama_cpp_is_a_tokenize_error_not_a_dead_process
             model.tokenizer.encode(ALL_CHARS)
         # the process and the model go on
         assert isinstance(model.tokenizer.decode([model.n_vocab - 1]), str)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "native-duplicate-token-text",
+        "native-empty-tensor-element-overflow",
+        "native-wpm-byte-token",
+    ],
+)
+def test_native_aborts_found_by_fuzzing_are_load_errors_now(name):
+    # each killed the process with GGML_ASSERT / GGML_ABORT while loading (patches/0006-0007)
+    with pytest.raises(ModelLoadError):
+        Model(DATA / f"{name}.gguf", vocab_only=True, device="cpu")
