@@ -5,6 +5,8 @@ docs/reliability.md, "Fuzzing", lists them.)"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,19 @@ def test_native_aborts_found_by_fuzzing_are_load_errors_now(name):
     # each killed the process with GGML_ASSERT / GGML_ABORT while loading (patches/0006-0007)
     with pytest.raises(ModelLoadError):
         Model(DATA / f"{name}.gguf", vocab_only=True, device="cpu")
+
+
+def test_rwkv_tokenizer_with_a_broken_vocabulary_answers_instead_of_looping_forever():
+    # "u" starts a trie path on which no token ends: the tokenizer went back to position 0
+    # forever (patches/0010). In a child process, so that a hang fails the test.
+    code = (
+        "import sys; from llama_webgpu.model import Model; "
+        "from llama_webgpu.errors import TokenizeError\n"
+        f"m = Model({str(DATA / 'native-rwkv-tokenize-endless-loop.gguf')!r}, vocab_only=True, "
+        "device='cpu')\n"
+        "try:\n    m.tokenizer.encode('u')\n"
+        "except TokenizeError as e:\n    print('TokenizeError', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TokenizeError" in out.stdout and "outside the vocabulary" in out.stdout
