@@ -168,6 +168,19 @@ def webgpu_unavailable() -> str | None:
     return _webgpu_unavailable
 
 
+def _webgpu_text_function(name: bytes) -> Any:
+    """A `const char *f(ggml_backend_reg_t)` that ggml-webgpu exports through get_proc_address
+    (our patches add them), bound to its registry; None without WebGPU or that function."""
+    reg = lib.ggml_backend_reg_by_name(WEBGPU_REG_NAME.encode())
+    if reg == ffi.NULL:
+        return None
+    fn = lib.ggml_backend_reg_get_proc_address(reg, name)
+    if fn == ffi.NULL:
+        return None
+    typed = ffi.cast("const char *(*)(ggml_backend_reg_t)", fn)
+    return lambda: typed(reg)
+
+
 _device_fault_fn: Any = None
 
 
@@ -176,27 +189,17 @@ def webgpu_device_fault() -> str | None:
     or None while it can (or when there is no WebGPU backend)."""
     global _device_fault_fn
     if _device_fault_fn is None:
-        reg = lib.ggml_backend_reg_by_name(WEBGPU_REG_NAME.encode())
-        if reg == ffi.NULL:
+        _device_fault_fn = _webgpu_text_function(b"ggml_backend_webgpu_device_fault")
+        if _device_fault_fn is None:
             return None
-        fn = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_webgpu_device_fault")
-        if fn == ffi.NULL:
-            return None
-        fault_fn = ffi.cast("const char *(*)(ggml_backend_reg_t)", fn)
-        _device_fault_fn = lambda: fault_fn(reg)  # noqa: E731
     reason = _device_fault_fn()
     return None if reason == ffi.NULL else c_str(reason)
 
 
 def webgpu_adapter_info() -> dict | None:
     """What ggml-webgpu found when it probed Dawn for an adapter (patches/0003), or None."""
-    reg = lib.ggml_backend_reg_by_name(WEBGPU_REG_NAME.encode())
-    if reg == ffi.NULL:
-        return None
-    fn = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_webgpu_adapter_info")
-    if fn == ffi.NULL:
-        return None
-    text = c_str(ffi.cast("const char *(*)(ggml_backend_reg_t)", fn)(reg))
+    fn = _webgpu_text_function(b"ggml_backend_webgpu_adapter_info")
+    text = c_str(fn()) if fn is not None else None
     return json.loads(text) if text else None
 
 
