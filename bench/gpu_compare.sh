@@ -7,7 +7,8 @@
 #                                       half, llama.cpp source, Vulkan build tools; starts the CUDA
 #                                       and Vulkan builds of llama-bench in the background
 #   bash bench/gpu_compare.sh stash1    (instead of part1, carry .devcarry/m1) no CUDA/Vulkan builds
-#   bash bench/gpu_compare.sh part2     carry .devcarry/m2: second half + the Gemma-3-270M head
+#   bash bench/gpu_compare.sh part2     carry .devcarry/m2: second half + the Gemma-3-270M head; waits
+#                                       for the builds (NOWAIT=1: does not; `wait-builds` does later)
 #   bash bench/gpu_compare.sh setup     carry .gl .devcarry/wheels .devcarry/pkg .devcarry/tools.tar.xz
 #                                       .devcarry/variants: installs, makes the 1B- and 8B-shape
 #                                       models (random weights, llama-quantize)
@@ -17,6 +18,11 @@
 #   bash bench/gpu_compare.sh bench-webgpu  WebGPU: shipped library and each speed-patch cut (same carry)
 #   bash bench/gpu_compare.sh bench-ours    our Python API against llama-bench, WebGPU and CPU (same carry)
 #   bash bench/gpu_compare.sh bench-all     all columns in one run (CUDA, Vulkan, WebGPU, CPU, ours)
+#   bash bench/gpu_compare.sh check     logits: WebGPU against the CPU (SmolLM2), and each speed-patch
+#                                       cut against the shipped build (8B shape: identical) (same carry)
+#   bash bench/gpu_compare.sh sections      where a decode step's host time goes (webgpu_variants.sh's
+#                                       sections-all build), and GPU time per shader where a
+#                                       variants/gpuprof build is carried  (same carry as setup)
 #
 # Results (raw JSON and logs) go to $OUT; they are committed under bench/results/<date>-h100/.
 set -euo pipefail
@@ -36,6 +42,15 @@ models() {  # MODELS="smollm2 llama-1b" picks some
 
 sync_variants() {  # the libggml-webgpu.so builds carried by this call
     rm -rf $S/variants && cp -r .devcarry/variants $S/variants
+}
+
+wait_builds() {  # at most 9 minutes, for the CUDA and Vulkan builds started by part1
+    for _ in $(seq 100); do
+        pgrep -f "gpu_compare.sh build" >/dev/null || break
+        sleep 5
+    done
+    tail -n 2 $S/build-cuda.log $S/build-vk.log || true
+    ls $S/*.ok || true
 }
 
 vulkan_env() {
@@ -86,13 +101,10 @@ part2)
     [ "$(sha256sum < $M/SmolLM2-135M-Instruct.Q4_1.gguf | cut -c1-64)" = \
       "$(cut -c1-64 .devcarry/m2/SmolLM2-135M-Instruct.Q4_1.gguf.sha256)" ] && echo "SmolLM2: sha256 OK"
     python3 bench/make_model.py fill .devcarry/m2/gemma-3-270m.head $M/gemma-3-270m-random-Q4_K_M.gguf
-    # wait (at most 9 minutes in all) for the CUDA and Vulkan builds started by part1
-    for _ in $(seq 100); do
-        pgrep -f "gpu_compare.sh build" >/dev/null || break
-        sleep 5
-    done
-    tail -n 2 $S/build-cuda.log $S/build-vk.log || true
-    ls $S/*.ok || true
+    [ -n "${NOWAIT:-}" ] || wait_builds
+    ;;
+wait-builds)
+    wait_builds
     ;;
 setup)
     for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -138,6 +150,43 @@ ops)
         GGML_BACKEND_PATH=$d/libggml-webgpu.so $T/bin/llama-bench -m $M/SmolLM2-135M-Instruct.Q4_1.gguf \
             -p 0 -n 128 -r 1 -fa 1 -ngl 99 -dev WebGPU 2>&1 | grep -E "LW_MEASURE" || echo
     done 2>&1 | tee "$OUT/graph_timing.txt"
+    ;;
+sections)
+    vulkan_env
+    sync_variants
+    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+    for m in $(models | sed 's/^--model //'); do
+        echo "== ${m%%=*}"
+        GGML_BACKEND_PATH=$S/variants/sections-all/libggml-webgpu.so $T/bin/llama-bench -m "${m#*=}" \
+            -p 0 -n 128 -r 1 -fa 1 -ngl 99 -dev WebGPU 2>&1 | grep -E "LW_|tg128" || true
+        if [ -d $S/variants/gpuprof ]; then
+            GGML_BACKEND_PATH=$S/variants/gpuprof/libggml-webgpu.so $T/bin/llama-bench -m "${m#*=}" \
+                -p 0 -n 32 -r 1 -fa 1 -ngl 99 -dev WebGPU 2>&1 | grep -E "ggml_webgpu: |tg32" | sort -t: -k3 -g -r | head -40 || true
+        fi
+    done 2>&1 | tee "$OUT/sections.txt"
+    ;;
+check)
+    vulkan_env
+    sync_variants
+    lib=$(python3 -c "import llama_webgpu._native as n; print(n.LIB_DIR)")/libggml-webgpu.so
+    cp "$lib" $S/shipped-libggml-webgpu.so
+    smol=$M/SmolLM2-135M-Instruct.Q4_1.gguf
+    {
+        echo "== smollm2: WebGPU against the CPU"
+        python3 bench/same_logits.py $smol --device cpu --save $S/smol-cpu.npy
+        python3 bench/same_logits.py $smol --compare $S/smol-cpu.npy || echo "CHECK FAILED"
+        for name in smollm2 llama-8b; do
+            m=$(models | sed 's/^--model //' | grep "^$name=" | cut -d= -f2)
+            echo "== $name: each speed-patch cut against the shipped build"
+            python3 bench/same_logits.py "$m" --save $S/$name-shipped.npy
+            for d in $S/variants/before-*/; do
+                cp "$d/libggml-webgpu.so" "$lib"
+                printf "%s: " "$(basename $d)"
+                python3 bench/same_logits.py "$m" --compare $S/$name-shipped.npy || echo "CHECK FAILED"
+            done
+            cp $S/shipped-libggml-webgpu.so "$lib"
+        done
+    } 2>&1 | grep -vE "^Warning: max" | tee "$OUT/check.txt"
     ;;
 bench-ref)
     vulkan_env

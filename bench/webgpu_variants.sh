@@ -6,7 +6,8 @@
 #
 # gives .devcarry/variants/before-PATCH/libggml-webgpu.so for each PATCH (the series without
 # PATCH and everything after it). With --timing, also timing-before-PATCH and timing-all: the same
-# builds with bench/webgpu_graph_timing.py's host-time measurement. Only ggml-webgpu is rebuilt
+# builds with bench/webgpu_graph_timing.py's host-time measurement, and sections-all: the whole series
+# with that measurement split into sections (--sections). Only ggml-webgpu is rebuilt
 # (with the build tree's compile flags), from copies: the vendored tree is left as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,4 +59,7 @@ if [ $timing = 1 ]; then
     cp "$V/$W/ggml-webgpu-shader-lib.hpp" "$d/t/"
     python bench/webgpu_graph_timing.py "$V/$W/ggml-webgpu.cpp" "$d/t/ggml-webgpu.cpp"
     compile "$d/t" timing-all
+    mkdir -p "$d/s" && cp "$V/$W/ggml-webgpu-shader-lib.hpp" "$d/s/"
+    python bench/webgpu_graph_timing.py --sections "$V/$W/ggml-webgpu.cpp" "$d/s/ggml-webgpu.cpp"
+    compile "$d/s" sections-all
 fi

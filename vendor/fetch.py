@@ -10,8 +10,8 @@ The pin lives in vendor/pin.toml. The sdist is downloaded once into vendor/downl
 from $LLAMA_WEBGPU_SDIST), its sha256 verified, and the parts of the tree the build needs are
 unpacked. Patches are listed in patches/series and applied with `git apply`; a patch that does
 not apply stops the build. A stamp file records what was unpacked and applied, so a second run
-does nothing, and a change to the patches restores only the files they touch, keeping rebuilds
-incremental.
+does nothing, and a change to the patches restores only the files they touch and gives back
+their old mtime to those whose content comes out the same, keeping rebuilds incremental.
 """
 
 from __future__ import annotations
@@ -182,6 +182,25 @@ def apply_patches(patches: list[Path]) -> None:
         print(f"fetch: applied {p.name}", flush=True)
 
 
+def snapshot(files: set[str]) -> dict[str, tuple[str, int]]:
+    """Content digest and mtime of each of the tree's files that exists."""
+    found = {}
+    for rel in files:
+        path = TREE / rel
+        if path.is_file():
+            found[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+    return found
+
+
+def keep_mtimes(before: dict[str, tuple[str, int]]) -> None:
+    """Give back their old mtime to files that came out of a restore with the same content, so a
+    changed patch series recompiles only what it changed (not every file any patch touches)."""
+    for rel, (digest, mtime) in before.items():
+        path = TREE / rel
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+            os.utime(path, ns=(mtime, mtime))
+
+
 def wanted_stamp(pin: dict, patches: list[Path]) -> dict:
     return {
         "sha256": pin["sha256"],
@@ -207,10 +226,12 @@ def prepare(check_only: bool = False) -> bool:
         for p in patches:
             restore |= touched_files(p)
         print(f"fetch: patches changed, restoring {len(restore)} files", flush=True)
+        unchanged_if_same = snapshot(restore)
         for rel in restore:
             (TREE / rel).unlink(missing_ok=True)
         extract(pin, src, TREE, only=restore)
     else:
+        unchanged_if_same = {}
         print(f"fetch: unpacking llama.cpp from {src.name}", flush=True)
         if TREE.exists():
             shutil.rmtree(TREE)
@@ -222,6 +243,7 @@ def prepare(check_only: bool = False) -> bool:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     apply_patches(patches)
+    keep_mtimes(unchanged_if_same)
     want["touched"] = sorted(set().union(*(touched_files(p) for p in patches)) if patches else [])
     STAMP.write_text(json.dumps(want, indent=1) + "\n")
     return False
