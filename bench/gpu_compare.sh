@@ -140,6 +140,7 @@ ops)
     done 2>&1 | tee "$OUT/ops.txt"
     # the n = 1..8 matrix-vector cliff (patch 0013): MUL_MAT perf before and after
     for lib in $S/variants/before-0013/libggml-webgpu.so $T/bin/libggml-webgpu.so; do
+        [ -f "$lib" ] || continue
         echo "== $lib"
         GGML_BACKEND_PATH=$lib timeout 200 $T/bin/test-backend-ops perf -b WebGPU -o MUL_MAT \
             -p "type_a=(q4_0|q4_K),type_b=f32,m=4096,n=[1-8],k=14336" 2>&1 | grep -E "MUL_MAT" || true
@@ -174,15 +175,18 @@ check)
     {
         echo "== smollm2: WebGPU against the CPU"
         python3 bench/same_logits.py $smol --device cpu --save $S/smol-cpu.npy
-        python3 bench/same_logits.py $smol --compare $S/smol-cpu.npy || echo "CHECK FAILED"
-        for name in smollm2 llama-8b; do
+        python3 bench/same_logits.py $smol --compare $S/smol-cpu.npy --atol 3 --min-agree 14 || echo "CHECK FAILED"
+        # the 8B shape's matrices all take the same kernels in every cut: identical logits; SmolLM2's
+        # small ones leave the MMVQ kernel with patch 0016: close logits
+        for case in "smollm2:--atol 3 --min-agree 14" "llama-8b:--atol 0"; do
+            name=${case%%:*}
             m=$(models | sed 's/^--model //' | grep "^$name=" | cut -d= -f2)
             echo "== $name: each speed-patch cut against the shipped build"
             python3 bench/same_logits.py "$m" --save $S/$name-shipped.npy
             for d in $S/variants/before-*/; do
                 cp "$d/libggml-webgpu.so" "$lib"
                 printf "%s: " "$(basename $d)"
-                python3 bench/same_logits.py "$m" --compare $S/$name-shipped.npy || echo "CHECK FAILED"
+                python3 bench/same_logits.py "$m" --compare $S/$name-shipped.npy ${case#*:} || echo "CHECK FAILED"
             done
             cp $S/shipped-libggml-webgpu.so "$lib"
         done

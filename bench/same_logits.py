@@ -1,13 +1,14 @@
 """Checks that two WebGPU builds (or WebGPU and the CPU) compute the same logits.
 
     python bench/same_logits.py MODEL --save A.npy                  # with the installed build
-    python bench/same_logits.py MODEL --compare A.npy [--device cpu] [--atol X]
+    python bench/same_logits.py MODEL --compare A.npy [--device cpu] [--atol X] [--min-agree N]
 
-Evaluates a fixed prompt and then decodes 16 single tokens (the mat-vec path) greedily, and
-keeps the logits of every step. --compare prints the largest difference against a saved run and
-whether the greedy tokens agree, and exits 1 when they do not (or when a difference exceeds
---atol). For speed patches that do not change the arithmetic (bench/webgpu_variants.sh builds
-against the shipped one) the logits must be identical; against the CPU, tokens must agree.
+Evaluates a fixed prompt and then 16 fixed tokens one at a time (the mat-vec path; the inputs
+are the same in every run, so a near tie that one build breaks the other way does not change
+what follows), and keeps the logits of every step. --compare prints the largest difference
+against a saved run and at how many steps the top tokens agree, and exits 1 when a difference
+exceeds --atol or fewer than --min-agree steps agree. For speed patches that do not change the
+arithmetic (bench/webgpu_variants.sh builds against the shipped one) use --atol 0.
 """
 
 from __future__ import annotations
@@ -20,21 +21,21 @@ import numpy as np
 import llama_webgpu as lw
 
 PROMPT = "The history of the printing press begins"
+FOLLOW = " in the fifteenth century, when Johannes Gutenberg, a goldsmith from Mainz, built a press"
 
 
-def run(model_path: str, device: str, steps: int = 16) -> tuple[np.ndarray, list[int]]:
+def run(model_path: str, device: str, steps: int = 16) -> np.ndarray:
     model = lw.Model(model_path, device=device)
-    tokens = model.tokenizer.encode(PROMPT)
-    rows, chosen = [], []
+    follow = model.tokenizer.encode(FOLLOW, add_special=False)
+    follow = (follow * steps)[:steps]
+    rows = []
     with model.context(n_ctx=256) as ctx:
-        ctx.eval(tokens)
-        for _ in range(steps):
-            logits = ctx.logits().copy()
-            rows.append(logits)
-            chosen.append(int(logits.argmax()))
-            ctx.eval([chosen[-1]])
+        ctx.eval(model.tokenizer.encode(PROMPT))
+        for token in follow:
+            rows.append(ctx.logits().copy())
+            ctx.eval([token])
     model.close()
-    return np.stack(rows), chosen
+    return np.stack(rows)
 
 
 def main() -> int:
@@ -44,18 +45,18 @@ def main() -> int:
     ap.add_argument("--save")
     ap.add_argument("--compare")
     ap.add_argument("--atol", type=float, default=None, help="largest allowed difference")
+    ap.add_argument("--min-agree", type=int, default=0, help="fewest steps whose top tokens agree")
     args = ap.parse_args()
-    logits, chosen = run(args.model, args.device)
+    logits = run(args.model, args.device)
     if args.save:
         np.save(args.save, logits)
-        print(f"saved {logits.shape[0]} steps, tokens {chosen}")
+        print(f"saved {logits.shape[0]} steps")
     if args.compare:
         ref = np.load(args.compare)
         diff = float(np.abs(ref - logits).max())
-        same_tokens = [int(r.argmax()) for r in ref] == chosen
-        verdict = "agree" if same_tokens else "DIFFER"
-        print(f"max |logit difference| {diff:.6g}; greedy tokens {verdict}")
-        if not same_tokens or (args.atol is not None and diff > args.atol):
+        agree = int((ref.argmax(axis=1) == logits.argmax(axis=1)).sum())
+        print(f"max |logit difference| {diff:.6g}; top tokens agree at {agree} of {len(ref)} steps")
+        if (args.atol is not None and diff > args.atol) or agree < args.min_agree:
             return 1
     return 0
 

@@ -20,20 +20,27 @@ W=ggml/src/ggml-webgpu
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-compile() {  # compile DIR NAME: DIR holds ggml-webgpu.cpp and ggml-webgpu-shader-lib.hpp
+compile() {  # compile DIR NAME: DIR holds ggml-webgpu.cpp, ggml-webgpu-shader-lib.hpp and generated/
     local d=$1 out=.devcarry/variants/$2
     mkdir -p "$out"
     g++ -DGGML_BACKEND_BUILD -DGGML_BACKEND_DL -DGGML_BACKEND_SHARED -DGGML_SCHED_MAX_COPIES=4 -DGGML_SHARED \
-        -D_GNU_SOURCE -D_XOPEN_SOURCE=600 -iquote "$V/$W" -I"$V/ggml/src" -I"$B/llama.cpp/$W/generated" \
+        -D_GNU_SOURCE -D_XOPEN_SOURCE=600 -iquote "$V/$W" -I"$V/ggml/src" -I"$d/generated" \
         -I"$V/ggml/include" -I"$B/dawn/include" -O3 -DNDEBUG -fPIC -std=gnu++20 -c "$d/ggml-webgpu.cpp" -o "$d/ggml-webgpu.o"
     g++ -shared -o "$out/libggml-webgpu.so" "$d/ggml-webgpu.o" "$B/bin/libggml-base.so" "$B/libllama_webgpu_procs.so"
     echo "built $out"
 }
 
+shaders() {  # shaders DIR: DIR/generated/ggml-wgsl-shaders.hpp from DIR/wgsl-shaders
+    mkdir -p "$1/generated"
+    python "$1/wgsl-shaders/embed_wgsl.py" --input_dir "$1/wgsl-shaders" \
+        --output_file "$1/generated/ggml-wgsl-shaders.hpp" > /dev/null
+}
+
 variant() {  # variant NAME DIR: the plain build, and with --timing the measured one
+    shaders "$2"
     compile "$2" "$1"
     if [ $timing = 1 ]; then
-        mkdir -p "$2/t" && cp "$2/ggml-webgpu-shader-lib.hpp" "$2/t/"
+        mkdir -p "$2/t" && cp -r "$2/ggml-webgpu-shader-lib.hpp" "$2/generated" "$2/t/"
         python bench/webgpu_graph_timing.py "$2/ggml-webgpu.cpp" "$2/t/ggml-webgpu.cpp"
         compile "$2/t" "timing-$1"
     fi
@@ -43,7 +50,7 @@ mapfile -t series < <(grep -v '^#' patches/series | sed '/^$/d')
 for cut in "$@"; do
     d=$tmp/before-$cut
     mkdir -p "$d/$W"
-    cp "$V/$W/ggml-webgpu.cpp" "$V/$W/ggml-webgpu-shader-lib.hpp" "$d/$W/"
+    cp -r "$V/$W/ggml-webgpu.cpp" "$V/$W/ggml-webgpu-shader-lib.hpp" "$V/$W/wgsl-shaders" "$d/$W/"
     # undo, last first, every patch from the end of the series back to (and including) $cut
     for ((i = ${#series[@]} - 1; i >= 0; i--)); do
         p=${series[$i]}
@@ -56,10 +63,11 @@ for cut in "$@"; do
 done
 if [ $timing = 1 ]; then
     d=$tmp/all/$W && mkdir -p "$d/t"
-    cp "$V/$W/ggml-webgpu-shader-lib.hpp" "$d/t/"
+    cp -r "$V/$W/ggml-webgpu-shader-lib.hpp" "$V/$W/wgsl-shaders" "$d/t/"
+    shaders "$d/t"
     python bench/webgpu_graph_timing.py "$V/$W/ggml-webgpu.cpp" "$d/t/ggml-webgpu.cpp"
     compile "$d/t" timing-all
-    mkdir -p "$d/s" && cp "$V/$W/ggml-webgpu-shader-lib.hpp" "$d/s/"
+    mkdir -p "$d/s" && cp -r "$d/t/ggml-webgpu-shader-lib.hpp" "$d/t/generated" "$d/s/"
     python bench/webgpu_graph_timing.py --sections "$V/$W/ggml-webgpu.cpp" "$d/s/ggml-webgpu.cpp"
     compile "$d/s" sections-all
 fi

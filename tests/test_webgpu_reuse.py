@@ -1,9 +1,11 @@
 """WebGPU results stay right when the backend reuses what it cached across graph computations.
 
 patches/0011-0012 keep kernel parameters in a host copy and bind groups in a cache keyed by the
-bound buffers; patches/0013 sends 5-8 column products to the matrix-vector kernels. These tests
-free and reallocate tensor buffers (new contexts of other sizes, interleaved contexts) and
-evaluate small batches, and compare token ids and logits with a run that had nothing cached.
+bound buffers; patches/0013 sends 5-8 column products to the matrix-vector kernels; patches/0015
+reuses helper results within a graph and 0017 fuses each residual ADD into the next RMS_NORM+MUL.
+These tests free and reallocate tensor buffers (new contexts of other sizes, interleaved
+contexts), evaluate small batches and decode steps, and compare token ids and logits with a run
+that had nothing cached, or with the CPU.
 """
 
 from __future__ import annotations
@@ -65,3 +67,24 @@ def test_small_batches_of_five_to_eight_tokens_match_one_at_a_time(gpu):
             cos = float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y)))
             assert int(np.argmax(x)) == int(np.argmax(y))
             assert cos > 0.99, f"n={n}: cosine {cos:.4f}"
+
+
+def test_decode_step_logits_match_the_cpu(gpu):
+    # the same fixed tokens fed one at a time on both devices (no sampling, so a near tie broken
+    # differently cannot change what follows); the decode graph has every fusion and reuse
+    prompt = gpu.tokenizer.encode(PROMPT)
+    follow = gpu.tokenizer.encode(" Paris, a city on the Seine", add_special=False)[:6]
+    with Model(model_path(), device="cpu") as cpu_model:
+        steps = []
+        for model in (gpu, cpu_model):
+            rows = []
+            with model.context(n_ctx=64) as c:
+                c.eval(prompt)
+                for t in follow:
+                    c.eval([t])
+                    rows.append(c.logits().copy())
+            steps.append(np.stack(rows))
+    webgpu, cpu = steps
+    assert webgpu.shape == (len(follow), gpu.n_vocab)
+    assert list(webgpu.argmax(axis=1)) == list(cpu.argmax(axis=1))
+    assert float(np.abs(webgpu - cpu).max()) < 2.0
