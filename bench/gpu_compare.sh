@@ -12,7 +12,7 @@
 #   bash bench/gpu_compare.sh setup     carry .gl .devcarry/wheels .devcarry/pkg .devcarry/tools.tar.xz
 #                                       .devcarry/variants: installs, makes the 1B- and 8B-shape
 #                                       models (random weights, llama-quantize)
-#   bash bench/gpu_compare.sh ops       op tests (validation on), MUL_MAT n=1..8 perf, host time per
+#   bash bench/gpu_compare.sh ops       op tests (validation on; OPS="A B" picks ops), MUL_MAT n=1..8 perf, host time per
 #                                       graph for each speed patch     (same carry as setup)
 #   bash bench/gpu_compare.sh bench-ref     CUDA, Vulkan and CPU columns   (same carry as setup)
 #   bash bench/gpu_compare.sh bench-webgpu  WebGPU: shipped library and each speed-patch cut (same carry)
@@ -132,7 +132,7 @@ ops)
     vulkan_env
     sync_variants
     export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so GGML_WEBGPU_VALIDATE=1
-    for op in MUL_MAT MUL_MAT_ID GET_ROWS SET_ROWS CPY ADD MUL RMS_NORM ROPE SOFT_MAX SWIGLU GEGLU FLASH_ATTN_EXT ARGMAX; do
+    for op in ${OPS:-MUL_MAT MUL_MAT_ID GET_ROWS SET_ROWS CPY ADD MUL RMS_NORM ROPE SOFT_MAX SWIGLU GEGLU FLASH_ATTN_EXT ARGMAX}; do
         printf "%s: " "$op"
         GGML_BACKEND_PATH=$T/bin/libggml-webgpu.so timeout 300 $T/bin/test-backend-ops test -b WebGPU -o "$op" 2>&1 \
             | grep -E "tests passed|FAIL" | head -3 | tr '\n' ' ' || true

@@ -15,8 +15,10 @@ as a second line, `LW_SECTIONS ...`:
   submit     the parameter upload and Queue::Submit;
   between    host time from the end of one call to the start of the next (llama.cpp's graph
              building and input upload, and waiting for the previous token's results);
-with the dispatches per graph, and once, `LW_OPS ...`, how many dispatches each op took in the
-last graph (an op fused with the next ones is counted under its first op, with a `+N` suffix).
+with the dispatches per graph and how many graphs were replayed without encoding (patches/0018:
+their encode and dispatch figures are 0, so medians over mostly replayed graphs show the replay),
+and once, `LW_OPS ...`, how many dispatches each op took in the last encoded graph (an op fused
+with the next ones is counted under its first op, with a `+N` suffix).
 """
 
 import sys
@@ -48,7 +50,8 @@ struct stats {
     std::vector<double>             per_graph[N_SECTIONS];
     clock::time_point               last_exit;
     bool                            has_exit = false;
-    std::map<std::string, unsigned> ops;
+    std::map<std::string, unsigned> ops, graph_ops;
+    size_t                          replayed = 0;
     void begin_graph() {
         for (double & a : acc) {
             a = 0;
@@ -56,9 +59,14 @@ struct stats {
         if (has_exit) {
             acc[BETWEEN] = us_since(last_exit);
         }
-        ops.clear();
+        graph_ops.clear();
     }
     void end_graph() {
+        if (graph_ops.empty()) {
+            replayed++;  // nothing encoded: replayed from a record (patches/0018), or empty
+        } else {
+            ops = graph_ops;
+        }
         for (int i = 0; i < N_SECTIONS; i++) {
             per_graph[i].push_back(acc[i]);
         }
@@ -85,7 +93,7 @@ struct stats {
             for (int i = 0; i < N_SECTIONS; i++) {
                 fprintf(stderr, " %s=%.1f", section_names[i], median_after_warmup(per_graph[i]));
             }
-            fprintf(stderr, "\nLW_OPS");
+            fprintf(stderr, " graphs_without_encoding=%zu\nLW_OPS", replayed);
             for (const auto & kv : ops) {
                 fprintf(stderr, " %s=%u", kv.first.c_str(), kv.second);
             }
@@ -130,7 +138,7 @@ SECTIONS = [
         "            if (num_encoded_ops > 1) {\n"
         '                lw_op += "+" + std::to_string(num_encoded_ops - 1);\n'
         "            }\n"
-        "            lw_measure::g.ops[lw_op] += lw_cmd->num_kernels;\n"
+        "            lw_measure::g.graph_ops[lw_op] += lw_cmd->num_kernels;\n"
         "        }\n"
         "        if (auto cmd = lw_cmd) {\n",
         1,

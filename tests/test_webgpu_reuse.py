@@ -88,3 +88,25 @@ def test_decode_step_logits_match_the_cpu(gpu):
     assert webgpu.shape == (len(follow), gpu.n_vocab)
     assert list(webgpu.argmax(axis=1)) == list(cpu.argmax(axis=1))
     assert float(np.abs(webgpu - cpu).max()) < 2.0
+
+
+def test_replayed_steps_follow_their_inputs(gpu):
+    # patches/0018 replays a graph computed again unchanged; only the inputs' contents differ
+    # between these decode steps, so the second and third are replayed and must still see them
+    prompt = gpu.tokenizer.encode(PROMPT)
+    paris = gpu.tokenizer.encode(" Paris", add_special=False)[0]
+    london = gpu.tokenizer.encode(" London", add_special=False)[0]
+    seen = []
+    with gpu.context(n_ctx=64) as c:
+        for t in (paris, london, paris):
+            c.reset()
+            c.eval(prompt)
+            c.eval([t])
+            seen.append(c.logits().copy())
+    with gpu.context(n_ctx=64) as fresh:  # nothing recorded yet
+        fresh.eval(prompt)
+        fresh.eval([london])
+        london_fresh = fresh.logits().copy()
+    np.testing.assert_array_equal(seen[0], seen[2])
+    np.testing.assert_array_equal(seen[1], london_fresh)
+    assert float(np.abs(seen[0] - seen[1]).max()) > 1.0
