@@ -327,3 +327,21 @@ def test_greedy_fast_path_chooses_what_the_sampler_chain_chooses(cpu_ctx, bias):
         expected[token] += b
     assert fast == int(np.argmax(expected))
     assert fast != int(order[0]) or bias == "none"
+
+
+def test_biased_argmax_without_copy_equals_argmax_of_the_biased_copy():
+    from llama_webgpu.sampling import _biased_argmax
+
+    rng = np.random.default_rng(7)
+    for case in range(2000):
+        n = int(rng.integers(2, 40))
+        # few distinct values, so ties (first maximum wins) are common
+        logits = rng.integers(-3, 4, n).astype(np.float32)
+        ids = rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False).astype(np.int64)
+        biases = rng.integers(-3, 4, len(ids)).astype(np.float32)
+        if case % 5 == 0:
+            biases[:] = -1000.0  # bans, as the benchmark's end-of-generation ban
+        biased = logits.copy()
+        biased[ids] += biases
+        want = int(np.argmax(biased))
+        assert _biased_argmax(logits, int(np.argmax(logits)), ids, biases) == want, case

@@ -44,6 +44,19 @@ def test_streamed_segments_join_to_decode(tokenizer, text):
     assert detok.text == text
 
 
+def test_long_streams_join_to_decode(tokenizer):
+    # long enough that the detokenizer moves its decoding window many times, through multi-byte
+    # characters, spaces and newlines
+    text = "\n".join(TEXTS) * 4
+    tokens = tokenizer.encode(text, add_special=False)
+    assert len(tokens) > 10 * tokenizer.detokenizer().CONTEXT_TOKENS
+    detok = tokenizer.detokenizer()
+    segments = [detok.add_token(t) for t in tokens]
+    segments.append(detok.finalize())
+    assert "".join(segments) == tokenizer.decode(tokens) == text
+    assert all("\ufffd" not in s for s in segments)
+
+
 def test_detokenizer_holds_back_incomplete_utf8():
     # SmolLM2's byte-level BPE splits these characters across tokens
     with Model(model_path(), vocab_only=True) as model:

@@ -209,6 +209,22 @@ def _check_ptr(ptr: Any, what: str) -> Any:
     return ptr
 
 
+def _biased_argmax(logits: np.ndarray, best: int, ids: np.ndarray, biases: np.ndarray) -> int:
+    """argmax(logits with biases added at ids), first maximum, given best = argmax(logits):
+    only the biased entries can change the answer, so the logits (up to 262k floats) are not
+    copied unless the unbiased maximum is itself biased."""
+    if np.any(ids == best):
+        biased = logits.copy()
+        biased[ids] += biases
+        return int(np.argmax(biased))
+    values = logits[ids] + biases
+    top = values.max()
+    if top < logits[best]:
+        return best
+    first = int(ids[values == top].min())
+    return first if top > logits[best] else min(first, best)
+
+
 class Sampler:
     """A llama.cpp sampler chain (plus an optional grammar) built from SamplingParams.
 
@@ -478,10 +494,9 @@ class Sampler:
             return -1
         logits = np.frombuffer(ffi.buffer(ptr, 4 * self.n_vocab), dtype=np.float32)
         ids, biases = self._fast_greedy
-        if len(ids):
-            logits = logits.copy()
-            logits[ids] += biases
         token = int(np.argmax(logits))
+        if len(ids):
+            token = _biased_argmax(logits, token, ids, biases)
         lib.llama_sampler_accept(self._chain, token)  # as llama_sampler_sample does
         return token
 

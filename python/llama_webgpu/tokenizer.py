@@ -210,22 +210,27 @@ class StreamingDetokenizer:
     joined equal tokenizer.decode(all tokens).
     """
 
+    # Decoding is of a window of the latest tokens, not piece by piece (some tokenizers, e.g.
+    # SentencePiece, drop a leading space on the first piece) and not of the whole sequence (that
+    # grows with every token: quadratic in the length). The window keeps this many tokens that
+    # were already given out as context for the next ones.
+    CONTEXT_TOKENS = 8
+
     def __init__(self, tokenizer: Tokenizer, *, special: bool = False):
         self.tokenizer = tokenizer
         self.special = special
         self.tokens: list[int] = []
         self.text = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._emitted = 0  # bytes of the full decode already turned into text
+        self._start = 0  # the window's first token
+        self._emitted = 0  # bytes of the window's decode already turned into text
         self._raw = b""
 
     def add_token(self, token: int) -> str:
         """The text that token completes ("" while a character is incomplete)."""
         token = self.tokenizer.check_token(token)
         self.tokens.append(token)
-        # Decode the whole sequence, not piece by piece: some tokenizers (SentencePiece) drop a
-        # leading space on the first piece, and detokenize handles that exactly as decode() does.
-        raw = self.tokenizer.decode_bytes(self.tokens, special=self.special)
+        raw = self.tokenizer.decode_bytes(self.tokens[self._start :], special=self.special)
         if not raw.startswith(self._raw[: self._emitted]):
             # the earlier text changed (rare; tokenizer-dependent cleanups): emit only new bytes
             common = 0
@@ -237,6 +242,13 @@ class StreamingDetokenizer:
         self._emitted = len(raw)
         segment = self._decoder.decode(new)
         self.text += segment
+        if len(self.tokens) - self._start > 2 * self.CONTEXT_TOKENS:
+            # every byte decoded so far is given out (or held by the UTF-8 decoder): start the
+            # window later, at the same place in the text
+            self._start = len(self.tokens) - self.CONTEXT_TOKENS
+            window = self.tokens[self._start :]
+            self._raw = self.tokenizer.decode_bytes(window, special=self.special)
+            self._emitted = len(self._raw)
         return segment
 
     def finalize(self) -> str:
