@@ -110,3 +110,27 @@ def test_replayed_steps_follow_their_inputs(gpu):
     np.testing.assert_array_equal(seen[0], seen[2])
     np.testing.assert_array_equal(seen[1], london_fresh)
     assert float(np.abs(seen[0] - seen[1]).max()) > 1.0
+
+
+def test_lora_scale_changes_take_effect_between_replayed_steps(gpu, tmp_path):
+    # a LoRA scale is an op parameter of the graph: a changed scale must not replay a record made
+    # with the old one (patches/0018), and the same scale again must give the same logits
+    from test_lora_and_embeddings import write_lora
+
+    path = tmp_path / "lora.gguf"
+    write_lora(path)
+    tokens = gpu.tokenizer.encode(PROMPT)
+    with gpu.context(n_ctx=64) as c, gpu.load_lora(path) as lora:
+
+        def step(scale: float) -> np.ndarray:
+            c.set_loras({lora: scale} if scale else {})
+            c.reset()
+            c.eval(tokens)
+            c.eval([tokens[-1]])
+            return c.logits().copy()
+
+        base, full, half, full_again, base_again = (step(s) for s in (0, 1.0, 0.5, 1.0, 0))
+    assert float(np.abs(full - base).max()) > 0.5
+    assert float(np.abs(half - full).max()) > 0.1
+    np.testing.assert_array_equal(full, full_again)
+    np.testing.assert_array_equal(base, base_again)
