@@ -176,9 +176,9 @@ check)
         echo "== smollm2: WebGPU against the CPU"
         python3 bench/same_logits.py $smol --device cpu --save $S/smol-cpu.npy
         python3 bench/same_logits.py $smol --compare $S/smol-cpu.npy --atol 3 --min-agree 14 || echo "CHECK FAILED"
-        # the 8B shape's matrices all take the same kernels in every cut: identical logits; SmolLM2's
-        # small ones leave the MMVQ kernel with patch 0016: close logits
-        for case in "smollm2:--atol 3 --min-agree 14" "llama-8b:--atol 0"; do
+        # SmolLM2's small matrices leave the MMVQ kernel with patch 0016: close logits; the 8B shape
+        # keeps its kernels, but patch 0020 sums each row in another order: nearly the same logits
+        for case in "smollm2:--atol 3 --min-agree 14" "llama-8b:--atol 0.25 --min-agree 15"; do
             name=${case%%:*}
             m=$(models | sed 's/^--model //' | grep "^$name=" | cut -d= -f2)
             echo "== $name: each speed-patch cut against the shipped build"
