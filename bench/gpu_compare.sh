@@ -20,6 +20,9 @@
 #   bash bench/gpu_compare.sh bench-all     all columns in one run (CUDA, Vulkan, WebGPU, CPU, ours)
 #   bash bench/gpu_compare.sh check     logits: WebGPU against the CPU (SmolLM2), and each speed-patch
 #                                       cut against the shipped build (8B shape: identical) (same carry)
+#   bash bench/gpu_compare.sh sweep     decode (tg64) with each build carried in .devcarry/variants
+#                                       (bench/mat_vec_variants.sh; VARIANTS="a b" picks, R reps)
+#                                       (same carry as setup)
 #   bash bench/gpu_compare.sh sections      where a decode step's host time goes (webgpu_variants.sh's
 #                                       sections-all build), and GPU time per shader where a
 #                                       variants/gpuprof build is carried  (same carry as setup)
@@ -165,6 +168,18 @@ sections)
                 -p 0 -n 32 -r 1 -fa 1 -ngl 99 -dev WebGPU 2>&1 | grep -E "ggml_webgpu: |tg32" | sort -t: -k3 -g -r | head -40 || true
         fi
     done 2>&1 | tee "$OUT/sections.txt"
+    ;;
+sweep)
+    vulkan_env
+    sync_variants
+    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+    for m in $(models | sed 's/^--model //'); do
+        for v in ${VARIANTS:-$(ls $S/variants)}; do
+            printf "%-12s %-14s " "$v" "${m%%=*}"
+            GGML_BACKEND_PATH=$S/variants/$v/libggml-webgpu.so $T/bin/llama-bench -m "${m#*=}" -p 0 -n 64 \
+                -r "${R:-3}" -fa 1 -ngl 99 -dev WebGPU -o csv 2>/dev/null | tail -n 1 | awk -F, '{print $(NF-1)}'
+        done
+    done 2>&1 | tee "$OUT/sweep.txt"
     ;;
 check)
     vulkan_env
