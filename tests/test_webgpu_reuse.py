@@ -4,7 +4,7 @@ patches/0011-0012 keep kernel parameters in a host copy and bind groups in a cac
 bound buffers; patches/0013 sends 5-8 column products to the matrix-vector kernels; patches/0015
 reuses helper results within a graph and 0017 fuses each residual ADD into the next RMS_NORM+MUL;
 0019 computes mat-vecs of one vector (attention K and V, feed-forward gate and up with their GLU)
-in one dispatch.
+in one dispatch, and 0021 a layer's two cache writes (SET_ROWS).
 These tests free and reallocate tensor buffers (new contexts of other sizes, interleaved
 contexts), evaluate small batches and decode steps, and compare token ids and logits with a run
 that had nothing cached, or with the CPU.
@@ -138,10 +138,11 @@ def test_lora_scale_changes_take_effect_between_replayed_steps(gpu, tmp_path):
     np.testing.assert_array_equal(base, base_again)
 
 
-def test_fused_mat_vecs_give_the_logits_of_separate_ones(gpu, monkeypatch):
-    # patches/0019: with the fusion turned off (read when a context is created) every MUL_MAT and
-    # GLU is a dispatch of its own. The fused kernel adds the same products in the same order, so
-    # decode-step logits must be identical, not merely close.
+def test_fused_dispatches_give_the_logits_of_separate_ones(gpu, monkeypatch):
+    # patches/0019 and 0021: with a fusion turned off (read when a context is created) those ops are
+    # dispatches of their own again. The fused mat-vec adds the same products in the same order and
+    # the paired SET_ROWS copies the same rows, so decode-step logits must be identical, not merely
+    # close; each step reads the K and V cache rows the steps before it wrote.
     prompt = gpu.tokenizer.encode(PROMPT)
     follow = gpu.tokenizer.encode(" Paris, a city on the Seine", add_special=False)[:4]
 
@@ -155,8 +156,10 @@ def test_fused_mat_vecs_give_the_logits_of_separate_ones(gpu, monkeypatch):
         return np.stack(rows)
 
     fused = steps()
-    monkeypatch.setenv("GGML_WEBGPU_FUSE_MAT_VEC", "0")
-    separate = steps()
     assert fused.shape == (len(follow), gpu.n_vocab)
     assert np.isfinite(fused).all() and float(np.abs(fused).max()) > 1.0
-    np.testing.assert_array_equal(fused, separate)
+    for switch in ("GGML_WEBGPU_FUSE_MAT_VEC", "GGML_WEBGPU_FUSE_SET_ROWS"):
+        with monkeypatch.context() as env:
+            env.setenv(switch, "0")
+            separate = steps()
+        np.testing.assert_array_equal(fused, separate, err_msg=f"{switch}=0")
