@@ -21,7 +21,7 @@
 #   bash bench/gpu_compare.sh check     logits: WebGPU against the CPU (SmolLM2), and each speed-patch
 #                                       cut against the shipped build (8B shape: identical) (same carry)
 #   bash bench/gpu_compare.sh sweep     decode (tg64) with each build carried in .devcarry/variants
-#                                       (bench/mat_vec_variants.sh; VARIANTS="a b" picks, R reps)
+#                                       (webgpu_variants.sh --mat-vec; VARIANTS="a b" picks, R reps)
 #                                       (same carry as setup)
 #   bash bench/gpu_compare.sh sections      where a decode step's host time goes (webgpu_variants.sh's
 #                                       sections-all build), and GPU time per shader where a

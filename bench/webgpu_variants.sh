@@ -9,10 +9,17 @@
 # builds with bench/webgpu_graph_timing.py's host-time measurement, and sections-all: the whole series
 # with that measurement split into sections (--sections). Only ggml-webgpu is rebuilt
 # (with the build tree's compile flags), from copies: the vendored tree is left as it is.
+#
+#   bash bench/webgpu_variants.sh --mat-vec NAME:ROWS:THREADS ...     e.g. opw4wg256:4:256
+#
+# instead builds the whole series with other mat-vec workgroup shapes, for `gpu_compare.sh sweep`:
+# ROWS rows of a quantized matrix per workgroup (WEBGPU_MUL_MAT_VEC_LEGACY_Q_OUTPUTS_PER_WG and
+# _K_Q_) and THREADS threads (WEBGPU_MUL_MAT_VEC_WG_SIZE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-timing=0
+timing=0 mat_vec=0
 if [ "${1:-}" = "--timing" ]; then timing=1; shift; fi
+if [ "${1:-}" = "--mat-vec" ]; then mat_vec=1; shift; fi
 B=$(dirname "$(ls build/*/CMakeCache.txt | tail -1)")
 B=$(cd "$B" && pwd)
 V=$PWD/vendor/llama.cpp
@@ -45,6 +52,20 @@ variant() {  # variant NAME DIR: the plain build, and with --timing the measured
         compile "$2/t" "timing-$1"
     fi
 }
+
+if [ $mat_vec = 1 ]; then
+    for spec in "$@"; do
+        IFS=: read -r name rows threads <<< "$spec"
+        d=$tmp/$name/$W && mkdir -p "$d"
+        cp -r "$V/$W/ggml-webgpu.cpp" "$V/$W/ggml-webgpu-shader-lib.hpp" "$V/$W/wgsl-shaders" "$d/"
+        sed -i -E "s/^#define WEBGPU_MUL_MAT_VEC_(LEGACY_Q|K_Q)_OUTPUTS_PER_WG +[0-9]+/#define WEBGPU_MUL_MAT_VEC_\1_OUTPUTS_PER_WG $rows/;
+                   s/^#define WEBGPU_MUL_MAT_VEC_WG_SIZE +[0-9]+/#define WEBGPU_MUL_MAT_VEC_WG_SIZE $threads/" \
+            "$d/ggml-webgpu-shader-lib.hpp"
+        shaders "$d"
+        compile "$d" "$name"
+    done
+    exit 0
+fi
 
 mapfile -t series < <(grep -v '^#' patches/series | sed '/^$/d')
 for cut in "$@"; do

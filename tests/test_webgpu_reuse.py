@@ -71,22 +71,24 @@ def test_small_batches_of_five_to_eight_tokens_match_one_at_a_time(gpu):
             assert cos > 0.99, f"n={n}: cosine {cos:.4f}"
 
 
+def _decode_step_logits(model, prompt: list[int], follow: list[int]) -> np.ndarray:
+    """The logits after each of `follow`, fed one at a time after `prompt` in a fresh context."""
+    rows = []
+    with model.context(n_ctx=64) as c:
+        c.eval(prompt)
+        for t in follow:
+            c.eval([t])
+            rows.append(c.logits().copy())
+    return np.stack(rows)
+
+
 def test_decode_step_logits_match_the_cpu(gpu):
     # the same fixed tokens fed one at a time on both devices (no sampling, so a near tie broken
     # differently cannot change what follows); the decode graph has every fusion and reuse
     prompt = gpu.tokenizer.encode(PROMPT)
     follow = gpu.tokenizer.encode(" Paris, a city on the Seine", add_special=False)[:6]
     with Model(model_path(), device="cpu") as cpu_model:
-        steps = []
-        for model in (gpu, cpu_model):
-            rows = []
-            with model.context(n_ctx=64) as c:
-                c.eval(prompt)
-                for t in follow:
-                    c.eval([t])
-                    rows.append(c.logits().copy())
-            steps.append(np.stack(rows))
-    webgpu, cpu = steps
+        webgpu, cpu = (_decode_step_logits(m, prompt, follow) for m in (gpu, cpu_model))
     assert webgpu.shape == (len(follow), gpu.n_vocab)
     assert list(webgpu.argmax(axis=1)) == list(cpu.argmax(axis=1))
     assert float(np.abs(webgpu - cpu).max()) < 2.0
@@ -146,20 +148,11 @@ def test_fused_dispatches_give_the_logits_of_separate_ones(gpu, monkeypatch):
     prompt = gpu.tokenizer.encode(PROMPT)
     follow = gpu.tokenizer.encode(" Paris, a city on the Seine", add_special=False)[:4]
 
-    def steps() -> np.ndarray:
-        rows = []
-        with gpu.context(n_ctx=64) as c:
-            c.eval(prompt)
-            for t in follow:
-                c.eval([t])
-                rows.append(c.logits().copy())
-        return np.stack(rows)
-
-    fused = steps()
+    fused = _decode_step_logits(gpu, prompt, follow)
     assert fused.shape == (len(follow), gpu.n_vocab)
     assert np.isfinite(fused).all() and float(np.abs(fused).max()) > 1.0
     for switch in ("GGML_WEBGPU_FUSE_MAT_VEC", "GGML_WEBGPU_FUSE_SET_ROWS"):
         with monkeypatch.context() as env:
             env.setenv(switch, "0")
-            separate = steps()
+            separate = _decode_step_logits(gpu, prompt, follow)
         np.testing.assert_array_equal(fused, separate, err_msg=f"{switch}=0")
