@@ -1,7 +1,9 @@
-"""Regressions for what the fuzzers (fuzz/) found in llama-webgpu's own code: each file in
-tests/data/fuzz/fixed-*.gguf used to abort the process or give wrong results; now it raises a
-documented exception or works. (native-*.gguf are llama.cpp aborts reported for a vendor fix;
-docs/reliability.md, "Fuzzing", lists them.)"""
+"""Regressions for what the fuzzers (fuzz/) found in llama-webgpu's own code: each fixed-* file
+used to abort the process or give wrong results; now it raises a documented exception or works.
+The header-only ones are written at test time by tools/gguf_craft.py (FIXED below, the fields that
+mattered in the fuzzer's input); fixed-rwkv-no-unknown-token.gguf and the native-*.gguf files in
+tests/data/fuzz (llama.cpp aborts reported for a vendor fix) are the fuzzer's own outputs.
+docs/reliability.md, "Fuzzing", lists them."""
 
 from __future__ import annotations
 
@@ -15,11 +17,57 @@ from llama_webgpu.errors import ModelLoadError, TokenizeError
 from llama_webgpu.model import Model
 from llama_webgpu.modelinfo import read_gguf, report
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from gguf_craft import KV, STRING, UINT32, Gguf, TensorInfo
+
 DATA = Path(__file__).parent / "data" / "fuzz"
+F32, F16, Q4_0 = 0, 1, 2  # ggml types
+
+_LLAMA_NO_VOCAB = [
+    KV("general.architecture", STRING, b"llama"),
+    KV("tokenizer.ggml.model", STRING, b"no_vocab"),
+]
+# name -> (key-value pairs, tensor infos (name, dims, type, offset), bytes of tensor data)
+FIXED: dict[str, tuple[list[KV], list[TensorInfo], int]] = {
+    # a vocabulary-less model: the tokenizer took token 0's text and aborted
+    "fixed-no-vocab": ([*_LLAMA_NO_VOCAB, KV("llama.vocab_size", UINT32, 16)], [], 0),
+    # a 3-D f16 tensor beside a q4_0 matrix and a 1-D vector
+    "fixed-device-support-3d-tensor": (
+        _LLAMA_NO_VOCAB,
+        [
+            TensorInfo(b"a.weight", [4, 3, 2], F16, 0),
+            TensorInfo(b"b.weight", [64, 2], Q4_0, 64),
+            TensorInfo(b"c", [1], F32, 160),
+        ],
+        192,
+    ),
+    # more elements than ggml's int64 byte counts hold
+    "fixed-device-support-huge-tensor": (
+        _LLAMA_NO_VOCAB,
+        [TensorInfo(b"a.weight", [648518346341351424, 3, 2], F16, 0)],
+        101,
+    ),
+    # (4, 3, 0) and (0, N): empty tensors
+    "fixed-device-support-empty-tensor": (
+        _LLAMA_NO_VOCAB,
+        [TensorInfo(b"a.weight", [4, 3, 0], F32, 0)],
+        137,
+    ),
+    "fixed-device-support-empty-matrix": ([], [TensorInfo(b"", [0, 717259538432], F32, 0)], 0),
+}
 
 
-def test_model_without_vocabulary_refuses_to_tokenize_instead_of_aborting():
-    with Model(DATA / "fixed-no-vocab.gguf", vocab_only=True, device="cpu") as model:
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory) -> Path:
+    """A directory holding the FIXED files."""
+    out = tmp_path_factory.mktemp("fuzz-fixed")
+    for name, (kvs, tensors, data_size) in FIXED.items():
+        Gguf(out / name, 3, kvs, tensors, 0, data_size).write(out / f"{name}.gguf")
+    return out
+
+
+def test_model_without_vocabulary_refuses_to_tokenize_instead_of_aborting(fixed):
+    with Model(fixed / "fixed-no-vocab.gguf", vocab_only=True, device="cpu") as model:
         tok = model.tokenizer
         assert not tok.has_vocab
         assert tok.n_vocab == 16  # placeholder ids from llama.vocab_size
@@ -40,15 +88,15 @@ def test_rwkv_vocabulary_without_unknown_token_raises_instead_of_returning_minus
             tok.encode("Hello")  # the file's token for "H" was mutated away
 
 
-def test_info_report_handles_3d_tensors():
-    info = read_gguf(DATA / "fixed-device-support-3d-tensor.gguf")
+def test_info_report_handles_3d_tensors(fixed):
+    info = read_gguf(fixed / "fixed-device-support-3d-tensor.gguf")
     assert (4, 3, 2) in {t.shape for t in info.tensors}
     text = report(info, None)
     assert "f16       yes      yes" in text  # the 3-D f16 tensor: MUL_MAT and GET_ROWS
 
 
-def test_info_report_marks_tensors_too_large_for_ggml_as_unsupported():
-    info = read_gguf(DATA / "fixed-device-support-huge-tensor.gguf")
+def test_info_report_marks_tensors_too_large_for_ggml_as_unsupported(fixed):
+    info = read_gguf(fixed / "fixed-device-support-huge-tensor.gguf")
     [huge] = info.tensors
     assert huge.shape[0] * huge.shape[1] * huge.shape[2] * 512 >= 2**63
     text = report(info, None)
@@ -59,9 +107,9 @@ def test_info_report_marks_tensors_too_large_for_ggml_as_unsupported():
 @pytest.mark.parametrize(
     "name", ["fixed-device-support-empty-tensor.gguf", "fixed-device-support-empty-matrix.gguf"]
 )
-def test_info_report_skips_empty_tensors(name: str):
+def test_info_report_skips_empty_tensors(fixed, name: str):
     # (4, 3, 0) made ggml_mul_mat divide by zero; (0, N) looked transposed to ggml_mul_mat
-    info = read_gguf(DATA / name)
+    info = read_gguf(fixed / name)
     assert any(0 in t.shape for t in info.tensors)
     assert "on CPU:" in report(info, None)
 
