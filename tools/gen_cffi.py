@@ -634,6 +634,44 @@ static bool lw_abort_flag(void *flag)
 {
     return __atomic_load_n((const int *)flag, __ATOMIC_RELAXED) != 0;
 }
+
+/* Greedy sampling with a logit bias: the first maximum of logits[0..n) with biases[j] added
+   at ids[j] (distinct, ascending, each below n), given best, the first maximum of the
+   unbiased logits (numpy finds that one with SIMD).  Unless best is itself biased only the
+   biased entries can change the answer, so the vocabulary is not scanned again; otherwise it
+   is, once, with the biases applied.  A few numpy calls did this in 50-100 us per token. */
+static int32_t lw_biased_best(const float *logits, int32_t n, int32_t best,
+                              const int32_t *ids, const float *biases, int32_t nb)
+{
+    int32_t pick = best, j;
+    float top = logits[best];
+    for (j = 0; j < nb; j++) {
+        if (ids[j] == best)
+            break;
+    }
+    if (j == nb) {
+        for (j = 0; j < nb; j++) {
+            float v = logits[ids[j]] + biases[j];
+            if (v > top || (v == top && ids[j] < pick)) {
+                top = v;
+                pick = ids[j];
+            }
+        }
+        return pick;
+    }
+    pick = -1;
+    j = 0;
+    for (int32_t i = 0; i < n; i++) {
+        float v = logits[i];
+        if (j < nb && ids[j] == i)
+            v += biases[j++];
+        if (pick < 0 || v > top) {
+            top = v;
+            pick = i;
+        }
+    }
+    return pick;
+}
 """
 
 

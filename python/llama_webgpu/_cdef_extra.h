@@ -37,3 +37,6 @@ extern "Python" bool _lw_eval_callback(struct ggml_tensor *t, bool ask, void *us
 
 /* Ours (the C body is in tools/gen_cffi.py, C_HELPERS): an abort callback reading an int flag. */
 bool lw_abort_flag(void *flag);
+
+/* Ours (C_HELPERS too): greedy sampling's logit bias, see the comment there. */
+int32_t lw_biased_best(const float *logits, int32_t n, int32_t best, const int32_t *ids, const float *biases, int32_t nb);

@@ -210,19 +210,19 @@ def _check_ptr(ptr: Any, what: str) -> Any:
 
 
 def _biased_argmax(logits: np.ndarray, best: int, ids: np.ndarray, biases: np.ndarray) -> int:
-    """argmax(logits with biases added at ids), first maximum, given best = argmax(logits):
-    only the biased entries can change the answer, so the logits (up to 262k floats) are not
-    copied unless the unbiased maximum is itself biased."""
-    if np.any(ids == best):
-        biased = logits.copy()
-        biased[ids] += biases
-        return int(np.argmax(biased))
-    values = logits[ids] + biases
-    top = values.max()
-    if top < logits[best]:
-        return best
-    first = int(ids[values == top].min())
-    return first if top > logits[best] else min(first, best)
+    """argmax(logits with biases added at ids), first maximum, given best = argmax(logits).
+    logits: contiguous float32; ids: distinct ascending int32; biases: float32 like ids. The
+    C helper reads only the biased entries unless best is one of them (no 262k-float copy)."""
+    return int(
+        lib.lw_biased_best(
+            ffi.from_buffer("float[]", logits),
+            len(logits),
+            best,
+            ffi.from_buffer("int32_t[]", ids),
+            ffi.from_buffer("float[]", biases),
+            len(ids),
+        )
+    )
 
 
 class Sampler:
@@ -250,8 +250,9 @@ class Sampler:
         self._owner: object | None = None  # the generation using it (see generate._steps)
         self._has_history = False  # has penalties or DRY, which want to see the prompt
         self._bias: dict[int, float] = {}  # logit bias, suppressed tokens included
-        # greedy with at most a logit bias: (ids, biases) for sampling with numpy's argmax
-        self._fast_greedy: tuple[np.ndarray, np.ndarray] | None = None
+        # greedy with at most a logit bias: (ids ascending, biases, and the C views of both)
+        # for numpy's argmax plus lw_biased_best
+        self._fast_greedy: tuple[np.ndarray, np.ndarray, Any, Any] | None = None
         self.n_vocab = model.n_vocab
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
         # the destructors hold the model's pointer object: the samplers (the grammar refers
@@ -282,9 +283,14 @@ class Sampler:
                     raise _native.fail(GrammarError, "the grammar could not be parsed")
                 self._grammar = ffi.gc(ptr, free)
         if params.greedy and not self._has_history and self._grammar == ffi.NULL:
+            order = sorted(self._bias)
+            ids = np.array(order, dtype=np.int32)
+            biases = np.array([self._bias[t] for t in order], dtype=np.float32)
             self._fast_greedy = (
-                np.fromiter(self._bias.keys(), dtype=np.int64, count=len(self._bias)),
-                np.fromiter(self._bias.values(), dtype=np.float32, count=len(self._bias)),
+                ids,
+                biases,
+                ffi.from_buffer("int32_t[]", ids),
+                ffi.from_buffer("float[]", biases),
             )
 
     def _stages(self) -> list[Any]:
@@ -493,10 +499,10 @@ class Sampler:
         if ptr == ffi.NULL:
             return -1
         logits = np.frombuffer(ffi.buffer(ptr, 4 * self.n_vocab), dtype=np.float32)
-        ids, biases = self._fast_greedy
-        token = int(np.argmax(logits))
+        ids, _, ids_c, biases_c = self._fast_greedy
+        token = int(logits.argmax())
         if len(ids):
-            token = _biased_argmax(logits, token, ids, biases)
+            token = lib.lw_biased_best(ptr, self.n_vocab, token, ids_c, biases_c, len(ids))
         lib.llama_sampler_accept(self._chain, token)  # as llama_sampler_sample does
         return token
 
