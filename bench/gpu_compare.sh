@@ -21,7 +21,8 @@
 #   bash bench/gpu_compare.sh check     logits: WebGPU against the CPU (SmolLM2), and each speed-patch
 #                                       cut against the shipped build (8B shape: identical) (same carry)
 #   bash bench/gpu_compare.sh sweep     decode (tg64) with each build carried in .devcarry/variants
-#                                       (webgpu_variants.sh --mat-vec; VARIANTS="a b" picks, R reps)
+#                                       (webgpu_variants.sh --mat-vec/--defines; VARIANTS="a b"
+#                                       picks, R reps, TESTS="-p 512 -n 0" measures prefill)
 #                                       (same carry as setup)
 #   bash bench/gpu_compare.sh sections      where a decode step's host time goes (webgpu_variants.sh's
 #                                       sections-all build), and GPU time per shader where a
@@ -176,10 +177,11 @@ sweep)
     for m in $(models | sed 's/^--model //'); do
         for v in ${VARIANTS:-$(ls $S/variants)}; do
             printf "%-12s %-14s " "$v" "${m%%=*}"
-            GGML_BACKEND_PATH=$S/variants/$v/libggml-webgpu.so $T/bin/llama-bench -m "${m#*=}" -p 0 -n 64 \
+            # shellcheck disable=SC2086 # TESTS is words
+            GGML_BACKEND_PATH=$S/variants/$v/libggml-webgpu.so $T/bin/llama-bench -m "${m#*=}" ${TESTS:--p 0 -n 64} \
                 -r "${R:-3}" -fa 1 -ngl 99 -dev WebGPU -o csv 2>/dev/null | tail -n 1 | awk -F, '{print $(NF-1)}'
         done
-    done 2>&1 | tee "$OUT/sweep.txt"
+    done 2>&1 | tee -a "$OUT/sweep.txt"
     ;;
 check)
     vulkan_env

@@ -10,16 +10,30 @@
 # with that measurement split into sections (--sections). Only ggml-webgpu is rebuilt
 # (with the build tree's compile flags), from copies: the vendored tree is left as it is.
 #
+#   bash bench/webgpu_variants.sh --defines NAME:MACRO=VALUE[,MACRO=VALUE...] ...
+#
+# instead builds the whole series with other values of the shader library's #defines (kernel
+# shapes), for `gpu_compare.sh sweep`, e.g. sgk64:WEBGPU_MUL_MAT_SUBGROUP_TILE_K_QUANT=64.
+#
 #   bash bench/webgpu_variants.sh --mat-vec NAME:ROWS:THREADS ...     e.g. opw4wg256:4:256
 #
-# instead builds the whole series with other mat-vec workgroup shapes, for `gpu_compare.sh sweep`:
-# ROWS rows of a quantized matrix per workgroup (WEBGPU_MUL_MAT_VEC_LEGACY_Q_OUTPUTS_PER_WG and
-# _K_Q_) and THREADS threads (WEBGPU_MUL_MAT_VEC_WG_SIZE).
+# is the same for the mat-vec workgroup shapes: ROWS rows of a quantized matrix per workgroup
+# (WEBGPU_MUL_MAT_VEC_LEGACY_Q_OUTPUTS_PER_WG and _K_Q_) and THREADS threads
+# (WEBGPU_MUL_MAT_VEC_WG_SIZE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-timing=0 mat_vec=0
+timing=0 defines=0
 if [ "${1:-}" = "--timing" ]; then timing=1; shift; fi
-if [ "${1:-}" = "--mat-vec" ]; then mat_vec=1; shift; fi
+if [ "${1:-}" = "--defines" ]; then defines=1; shift; fi
+if [ "${1:-}" = "--mat-vec" ]; then
+    defines=1; shift
+    specs=()
+    for spec in "$@"; do
+        IFS=: read -r name rows threads <<< "$spec"
+        specs+=("$name:WEBGPU_MUL_MAT_VEC_LEGACY_Q_OUTPUTS_PER_WG=$rows,WEBGPU_MUL_MAT_VEC_K_Q_OUTPUTS_PER_WG=$rows,WEBGPU_MUL_MAT_VEC_WG_SIZE=$threads")
+    done
+    set -- "${specs[@]}"
+fi
 B=$(dirname "$(ls build/*/CMakeCache.txt | tail -1)")
 B=$(cd "$B" && pwd)
 V=$PWD/vendor/llama.cpp
@@ -53,14 +67,17 @@ variant() {  # variant NAME DIR: the plain build, and with --timing the measured
     fi
 }
 
-if [ $mat_vec = 1 ]; then
+if [ $defines = 1 ]; then
     for spec in "$@"; do
-        IFS=: read -r name rows threads <<< "$spec"
+        name=${spec%%:*}
         d=$tmp/$name/$W && mkdir -p "$d"
         cp -r "$V/$W/ggml-webgpu.cpp" "$V/$W/ggml-webgpu-shader-lib.hpp" "$V/$W/wgsl-shaders" "$d/"
-        sed -i -E "s/^#define WEBGPU_MUL_MAT_VEC_(LEGACY_Q|K_Q)_OUTPUTS_PER_WG +[0-9]+/#define WEBGPU_MUL_MAT_VEC_\1_OUTPUTS_PER_WG $rows/;
-                   s/^#define WEBGPU_MUL_MAT_VEC_WG_SIZE +[0-9]+/#define WEBGPU_MUL_MAT_VEC_WG_SIZE $threads/" \
-            "$d/ggml-webgpu-shader-lib.hpp"
+        IFS=, read -r -a sets <<< "${spec#*:}"
+        for set in "${sets[@]}"; do
+            macro=${set%%=*} value=${set#*=}
+            grep -qE "^#define $macro +" "$d/ggml-webgpu-shader-lib.hpp" || { echo "no #define $macro" >&2; exit 1; }
+            sed -i -E "s/^#define $macro +.*/#define $macro $value/" "$d/ggml-webgpu-shader-lib.hpp"
+        done
         shaders "$d"
         compile "$d" "$name"
     done
