@@ -194,16 +194,22 @@ check)
         python3 bench/same_logits.py $smol --device cpu --save $S/smol-cpu.npy
         python3 bench/same_logits.py $smol --compare $S/smol-cpu.npy --atol 3 --min-agree 14 || echo "CHECK FAILED"
         # SmolLM2's small matrices leave the MMVQ kernel with patch 0016: close logits; the 8B shape
-        # keeps its kernels, but patch 0020 sums each row in another order: nearly the same logits
-        for case in "smollm2:--atol 3 --min-agree 14" "llama-8b:--atol 0.25 --min-agree 15"; do
-            name=${case%%:*}
+        # keeps its kernels, but patches 0020 and 0022 sum each row in another order: nearly the same
+        # logits. "prefill" cases evaluate a 512-token prompt first (the subgroup-matrix mat-mul)
+        for case in "smollm2:--atol 3 --min-agree 14" "llama-8b:--atol 0.25 --min-agree 15" \
+            "llama-8b:--atol 0.25 --min-agree 15 --prompt-tokens 512" \
+            "llama-1b:--atol 0.25 --min-agree 15 --prompt-tokens 512"; do
+            name=${case%%:*} opts=${case#*:}
             m=$(models | sed 's/^--model //' | grep "^$name=" | cut -d= -f2)
-            echo "== $name: each speed-patch cut against the shipped build"
-            python3 bench/same_logits.py "$m" --save $S/$name-shipped.npy
+            long=$(echo "$opts" | grep -o -- "--prompt-tokens [0-9]*" || true)
+            echo "== $name $long: each speed-patch cut against the shipped build"
+            # shellcheck disable=SC2086 # the options are words
+            python3 bench/same_logits.py "$m" --save $S/$name-shipped.npy $long
             for d in $S/variants/before-*/; do
                 cp "$d/libggml-webgpu.so" "$lib"
                 printf "%s: " "$(basename $d)"
-                python3 bench/same_logits.py "$m" --compare $S/$name-shipped.npy ${case#*:} || echo "CHECK FAILED"
+                # shellcheck disable=SC2086
+                python3 bench/same_logits.py "$m" --compare $S/$name-shipped.npy $opts || echo "CHECK FAILED"
             done
             cp $S/shipped-libggml-webgpu.so "$lib"
         done

@@ -2,6 +2,7 @@
 
     python bench/same_logits.py MODEL --save A.npy                  # with the installed build
     python bench/same_logits.py MODEL --compare A.npy [--device cpu] [--atol X] [--min-agree N]
+    python bench/same_logits.py MODEL --prompt-tokens 512 ...       # a prefill-sized prompt
 
 Evaluates a fixed prompt and then 16 fixed tokens one at a time (the mat-vec path; the inputs
 are the same in every run, so a near tie that one build breaks the other way does not change
@@ -9,6 +10,8 @@ what follows), and keeps the logits of every step. --compare prints the largest 
 against a saved run and at how many steps the top tokens agree, and exits 1 when a difference
 exceeds --atol or fewer than --min-agree steps agree. For speed patches that do not change the
 arithmetic (bench/webgpu_variants.sh builds against the shipped one) use --atol 0.
+--prompt-tokens N makes the prompt N tokens long (the text repeated), so that it goes through the
+mat-mul kernels of prefill rather than those of a short prompt.
 """
 
 from __future__ import annotations
@@ -24,13 +27,17 @@ PROMPT = "The history of the printing press begins"
 FOLLOW = " in the fifteenth century, when Johannes Gutenberg, a goldsmith from Mainz, built a press"
 
 
-def run(model_path: str, device: str, steps: int = 16) -> np.ndarray:
+def run(model_path: str, device: str, steps: int = 16, prompt_tokens: int = 0) -> np.ndarray:
     model = lw.Model(model_path, device=device)
     follow = model.tokenizer.encode(FOLLOW, add_special=False)
     follow = (follow * steps)[:steps]
+    prompt = model.tokenizer.encode(PROMPT)
+    if prompt_tokens:
+        text = model.tokenizer.encode(PROMPT + FOLLOW, add_special=False)
+        prompt = (prompt + text * (prompt_tokens // len(text) + 1))[:prompt_tokens]
     rows = []
-    with model.context(n_ctx=256) as ctx:
-        ctx.eval(model.tokenizer.encode(PROMPT))
+    with model.context(n_ctx=max(256, len(prompt) + steps), n_batch=max(512, len(prompt))) as ctx:
+        ctx.eval(prompt)
         for token in follow:
             rows.append(ctx.logits().copy())
             ctx.eval([token])
@@ -46,8 +53,9 @@ def main() -> int:
     ap.add_argument("--compare")
     ap.add_argument("--atol", type=float, default=None, help="largest allowed difference")
     ap.add_argument("--min-agree", type=int, default=0, help="fewest steps whose top tokens agree")
+    ap.add_argument("--prompt-tokens", type=int, default=0, help="prompt length (default: short)")
     args = ap.parse_args()
-    logits = run(args.model, args.device)
+    logits = run(args.model, args.device, prompt_tokens=args.prompt_tokens)
     if args.save:
         np.save(args.save, logits)
         print(f"saved {logits.shape[0]} steps")
