@@ -141,18 +141,17 @@ def test_lora_scale_changes_take_effect_between_replayed_steps(gpu, tmp_path):
 
 
 def test_fused_dispatches_give_the_logits_of_separate_ones(gpu, monkeypatch):
-    # patches/0019, 0021 and 0023: with a fusion turned off (read when a context is created) those
-    # ops are dispatches of their own again. The fused mat-vec adds the same products in the same
-    # order, the paired SET_ROWS copies the same rows and the K write that does its ROPE computes it
-    # as the ROPE shader does, so decode-step logits must be identical, not merely close; each step
-    # reads the K and V cache rows the steps before it wrote.
+    # patches/0019 and 0021: with a fusion turned off (read when a context is created) those ops are
+    # dispatches of their own again. The fused mat-vec adds the same products in the same order and
+    # the paired SET_ROWS copies the same rows, so decode-step logits must be identical, not merely
+    # close; each step reads the K and V cache rows the steps before it wrote.
     prompt = gpu.tokenizer.encode(PROMPT)
     follow = gpu.tokenizer.encode(" Paris, a city on the Seine", add_special=False)[:4]
 
     fused = _decode_step_logits(gpu, prompt, follow)
     assert fused.shape == (len(follow), gpu.n_vocab)
     assert np.isfinite(fused).all() and float(np.abs(fused).max()) > 1.0
-    for switch in ("GGML_WEBGPU_FUSE_MAT_VEC", "GGML_WEBGPU_FUSE_SET_ROWS", "GGML_WEBGPU_FUSE_ROPE"):
+    for switch in ("GGML_WEBGPU_FUSE_MAT_VEC", "GGML_WEBGPU_FUSE_SET_ROWS"):
         with monkeypatch.context() as env:
             env.setenv(switch, "0")
             separate = _decode_step_logits(gpu, prompt, follow)
