@@ -242,13 +242,16 @@ def seeds(meta: dict) -> dict[str, Writer]:
     }
 
 
-def write_seeds(folder: str | Path) -> list[Path]:
-    """Write every seed GGUF into folder (created if needed); returns their paths."""
+def write_seeds(folder: str | Path, names: list[str] | None = None) -> list[Path]:
+    """Write the seed GGUFs (every one, or those named) into folder (created if needed) as
+    seed-NAME.gguf; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = _smollm2_vocab()
     out = []
     for name, write in seeds(meta).items():
+        if names is not None and name not in names:
+            continue
         path = folder / f"seed-{name}.gguf"
         w = GGUFWriter(path, "llama")
         w.add_name(f"fuzz seed {name}")

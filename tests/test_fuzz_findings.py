@@ -1,12 +1,16 @@
 """Regressions for what the fuzzers (fuzz/) found in llama-webgpu's own code: each fixed-* file
 used to abort the process or give wrong results; now it raises a documented exception or works.
 The header-only ones are written at test time by tools/gguf_craft.py (FIXED below, the fields that
-mattered in the fuzzer's input); fixed-rwkv-no-unknown-token.gguf and the native-*.gguf files in
-tests/data/fuzz (llama.cpp aborts reported for a vendor fix) are the fuzzer's own outputs.
+mattered in the fuzzer's input). Those the fuzzer made by changing a few bytes of one of its seeds
+are written at test time too, as that seed (fuzz/seeds.py) with the same bytes changed (MUTATED
+below, checked against the fuzzer's file's sha256). native-ugm-bad-charsmap.gguf and
+native-wpm-byte-token.gguf in tests/data/fuzz, hundreds of bytes away from any seed, are the
+fuzzer's own outputs. The native-* ones are llama.cpp aborts reported for a vendor fix.
 docs/reliability.md, "Fuzzing", lists them."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +22,10 @@ from llama_webgpu.model import Model
 from llama_webgpu.modelinfo import read_gguf, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the fuzz package
 from gguf_craft import KV, STRING, UINT32, Gguf, TensorInfo
+
+from fuzz.seeds import write_seeds
 
 DATA = Path(__file__).parent / "data" / "fuzz"
 F32, F16, Q4_0 = 0, 1, 2  # ggml types
@@ -57,12 +64,77 @@ FIXED: dict[str, tuple[list[KV], list[TensorInfo], int]] = {
 }
 
 
+# name -> (seed, length kept, [(offset, bytes written there)], sha256 of the fuzzer's file)
+MUTATED: dict[str, tuple[str, int, list[tuple[int, bytes]], str]] = {
+    # the "H" token's text changed: no unknown token to fall back to
+    "fixed-rwkv-no-unknown-token": (
+        "vocab-rwkv",
+        5280,
+        [(1094, b"w")],
+        "7dd417c3173f0550550749c35ff14fa65bb147674eeef62f967e93d0adfe3d1d",
+    ),
+    # a trie path on which no token ends
+    "native-rwkv-tokenize-endless-loop": (
+        "vocab-rwkv",
+        5280,
+        [(1635, b"?")],
+        "81be5037059a5e1df24816523709204fd7b519a9fc0ba8cdc04526e3f33558d8",
+    ),
+    # two tokens with the same text
+    "native-duplicate-token-text": (
+        "vocab-plamo2",
+        7200,
+        [(604, b"2")],
+        "5b605e495b9cb1400e9cc53bca9c69e2295941d6808ea2c79a2d64f81255cdaa",
+    ),
+    # a byte token's text changed: byte fallback finds no token
+    "native-spm-missing-byte-token": (
+        "vocab-spm",
+        8992,
+        [(1463, b"h")],
+        "596d1294110a34b41d28fd26a73bb5c2a243174f03473d361aa979aacf64c26e",
+    ),
+    # cut short, and llama.vocab_size's high byte set
+    "native-no-vocab-huge-vocab-size": (
+        "vocab-none",
+        210,
+        [(200, b" ")],
+        "b96bc4f1c18499266acdd6a5f6f1d4b6721db8381dcd0de5c612859e1d09d5f5",
+    ),
+    # one tensor left, with a zero and two huge dimensions
+    "native-empty-tensor-element-overflow": (
+        "tensors-mixed",
+        474,
+        [
+            (8, b"\x01"),
+            (186, b"S"),
+            (415, b"\x03"),
+            (417, b"\x00"),
+            (428, b"\x08"),
+            (445, b"\xf8\xff\xff\xf7"),
+            (453, bytes(9)),
+            (465, b"\x00"),
+            (473, b"\x00"),
+        ],
+        "2eadba0736865e9406cba3c05007c8307ee97497eacae1d35f72ea60f668a4b4",
+    ),
+}
+
+
 @pytest.fixture(scope="module")
 def fixed(tmp_path_factory) -> Path:
-    """A directory holding the FIXED files."""
+    """A directory holding the FIXED and MUTATED files."""
     out = tmp_path_factory.mktemp("fuzz-fixed")
     for name, (kvs, tensors, data_size) in FIXED.items():
         Gguf(out / name, 3, kvs, tensors, 0, data_size).write(out / f"{name}.gguf")
+    seeds = {p.stem.removeprefix("seed-"): p.read_bytes() for p in write_seeds(out / "seeds")}
+    for name, (seed, length, edits, sha256) in MUTATED.items():
+        data = bytearray(seeds[seed][:length])
+        for offset, new in edits:
+            data[offset : offset + len(new)] = new
+        # a change in the seed writer (or the gguf package) must not silently test another file
+        assert hashlib.sha256(data).hexdigest() == sha256, f"{name}: not the fuzzer's file"
+        (out / f"{name}.gguf").write_bytes(data)
     return out
 
 
@@ -80,8 +152,8 @@ def test_model_without_vocabulary_refuses_to_tokenize_instead_of_aborting(fixed)
         assert tok.decode([0, 1]) == ""
 
 
-def test_rwkv_vocabulary_without_unknown_token_raises_instead_of_returning_minus_one():
-    with Model(DATA / "fixed-rwkv-no-unknown-token.gguf", vocab_only=True, device="cpu") as m:
+def test_rwkv_vocabulary_without_unknown_token_raises_instead_of_returning_minus_one(fixed):
+    with Model(fixed / "fixed-rwkv-no-unknown-token.gguf", vocab_only=True, device="cpu") as m:
         tok = m.tokenizer
         assert tok.encode("ab") == [98, 99]  # "\\x61" and "\\x62" are still there
         with pytest.raises(TokenizeError, match="outside the vocabulary"):
@@ -118,6 +190,11 @@ def test_info_report_skips_empty_tensors(fixed, name: str):
 ALL_CHARS = "".join(chr(i) for i in range(1, 0x250))
 
 
+def _found(fixed: Path, name: str) -> Path:
+    """A fuzzer's finding: written by the fixture, or kept in tests/data/fuzz."""
+    return fixed / f"{name}.gguf" if name in MUTATED else DATA / f"{name}.gguf"
+
+
 @pytest.mark.parametrize(
     ("name", "native_message"),
     [
@@ -126,10 +203,10 @@ ALL_CHARS = "".join(chr(i) for i in range(1, 0x250))
     ],
 )
 def test_tokenizer_exception_in_llama_cpp_is_a_tokenize_error_not_a_dead_process(
-    name, native_message
+    fixed, name, native_message
 ):
     # these threw C++ exceptions through llama_tokenize (std::terminate); patches/0008
-    with Model(DATA / f"{name}.gguf", vocab_only=True, device="cpu") as model:
+    with Model(_found(fixed, name), vocab_only=True, device="cpu") as model:
         with pytest.raises(TokenizeError, match=native_message):
             model.tokenizer.encode(ALL_CHARS)
         # the process and the model go on
@@ -144,19 +221,19 @@ def test_tokenizer_exception_in_llama_cpp_is_a_tokenize_error_not_a_dead_process
         "native-wpm-byte-token",
     ],
 )
-def test_native_aborts_found_by_fuzzing_are_load_errors_now(name):
+def test_native_aborts_found_by_fuzzing_are_load_errors_now(fixed, name):
     # each killed the process with GGML_ASSERT / GGML_ABORT while loading (patches/0006-0007)
     with pytest.raises(ModelLoadError):
-        Model(DATA / f"{name}.gguf", vocab_only=True, device="cpu")
+        Model(_found(fixed, name), vocab_only=True, device="cpu")
 
 
-def test_rwkv_tokenizer_with_a_broken_vocabulary_answers_instead_of_looping_forever():
+def test_rwkv_tokenizer_with_a_broken_vocabulary_answers_instead_of_looping_forever(fixed):
     # "u" starts a trie path on which no token ends: the tokenizer went back to position 0
     # forever (patches/0010). In a child process, so that a hang fails the test.
     code = (
         "import sys; from llama_webgpu.model import Model; "
         "from llama_webgpu.errors import TokenizeError\n"
-        f"m = Model({str(DATA / 'native-rwkv-tokenize-endless-loop.gguf')!r}, vocab_only=True, "
+        f"m = Model({str(fixed / 'native-rwkv-tokenize-endless-loop.gguf')!r}, vocab_only=True, "
         "device='cpu')\n"
         "try:\n    m.tokenizer.encode('u')\n"
         "except TokenizeError as e:\n    print('TokenizeError', e)\n"
