@@ -69,8 +69,11 @@ def llama_bench_rows(
     return rows
 
 
-def ours_rows(model_path: Path, reps: int, depths: list[int]) -> dict[str, dict]:
-    """pp512 / tg128 / tg128 at depth through the Python API on WebGPU, timed like llama-bench."""
+def ours_rows(
+    model_path: Path, reps: int, depths: list[int], gpu_sampling: bool = True
+) -> dict[str, dict]:
+    """pp512 / tg128 / tg128 at depth through the Python API on WebGPU, timed like llama-bench.
+    gpu_sampling=False picks the greedy tokens on the host (ContextParams.gpu_sampling)."""
     import llama_webgpu as lw
     from llama_webgpu.generate import stream_generate
 
@@ -99,7 +102,9 @@ def ours_rows(model_path: Path, reps: int, depths: list[int]) -> dict[str, dict]
     for depth in depths:
         speeds = []
         context = [rng.choice(vocab) for _ in range(depth)] + [tok.bos or 1]
-        with model.context(n_ctx=depth + 1 + 128, n_batch=512, flash_attn=True) as ctx:
+        with model.context(
+            n_ctx=depth + 1 + 128, n_batch=512, flash_attn=True, gpu_sampling=gpu_sampling
+        ) as ctx:
             for rep in range(reps + 1):
                 ctx.reset()
                 if depth:
@@ -155,9 +160,10 @@ def report(results: dict, columns: list[str], depth: int) -> str:
                     r = ratio(results, model, test, w, den)
                     if r is not None:
                         parts.append(f"{w}/{den} {r:.3f}")
-            r = ratio(results, model, test, "ours", "webgpu")
-            if r is not None:
-                parts.append(f"ours/llama-bench {r:.3f}")
+            for ours in ("ours", "ours-host"):
+                r = ratio(results, model, test, ours, "webgpu")
+                if r is not None:
+                    parts.append(f"{ours}/llama-bench {r:.3f}")
             if parts:
                 lines.append(f"  {test:12s} " + ", ".join(parts))
     return "\n".join(lines)
@@ -174,6 +180,11 @@ def main() -> None:
     )
     ap.add_argument("--dawn-lib", help="libwebgpu_dawn.so for the WebGPU llama-bench")
     ap.add_argument("--ours", action="store_true", help="also the Python API on WebGPU")
+    ap.add_argument(
+        "--ours-host",
+        action="store_true",
+        help="also the Python API with greedy tokens picked on the host (gpu_sampling=False)",
+    )
     ap.add_argument(
         "--cpu-models", default="", help="comma list of models the CPU runs (default all)"
     )
@@ -214,16 +225,18 @@ def main() -> None:
             results[name][column] = llama_bench_rows(
                 exe, kind, Path(path), args.r, depths, env, args.t
             )
-    if args.ours:
-        columns.append("ours")
+    ours_columns = [("ours", True)] if args.ours else []
+    ours_columns += [("ours-host", False)] if args.ours_host else []
+    for column, on_gpu in ours_columns:
+        columns.append(column)
         for name, path in models.items():
             start = time.time()
             try:
-                results[name]["ours"] = ours_rows(Path(path), args.r, depths)
+                results[name][column] = ours_rows(Path(path), args.r, depths, on_gpu)
             except Exception as e:  # report and go on: one model must not lose the others
-                print(f"  ours failed on {name}: {e}", file=sys.stderr)
+                print(f"  {column} failed on {name}: {e}", file=sys.stderr)
             print(
-                f"  {'ours':16s} {name}: {time.time() - start:.0f} s", file=sys.stderr, flush=True
+                f"  {column:16s} {name}: {time.time() - start:.0f} s", file=sys.stderr, flush=True
             )
 
     text = report(results, columns, args.depth)

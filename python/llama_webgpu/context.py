@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .model import LoraAdapter, Model
+    from .sampling import Sampler
 
 _POOLING = {
     None: lib.LLAMA_POOLING_TYPE_UNSPECIFIED,
@@ -75,6 +76,11 @@ class ContextParams:
     type_k: str = "f16"
     type_v: str = "f16"
     offload_kqv: bool = True
+    gpu_sampling: bool = True
+    """On WebGPU, greedy generation (temperature 0, at most a logit bias, no grammar, logits
+    processors or logprobs) picks each token on the GPU: only its id is read back, not the
+    n_vocab logits. Equal top logits may resolve to another token than on the CPU (the GPU
+    keeps the last of them, the CPU the first)."""
 
     def validate(self) -> None:
         """Raise ValueError (bad value) or TypeError (bad type), naming the field."""
@@ -93,7 +99,7 @@ class ContextParams:
                 isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096
             ):
                 raise ValueError(f"{name} must be an int from 1 to 4096 or None, not {value!r}")
-        for name in ("embeddings", "offload_kqv"):
+        for name in ("embeddings", "offload_kqv", "gpu_sampling"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
         if self.pooling not in _POOLING:
@@ -130,9 +136,20 @@ class Context:
             raise ContextError("a vocab-only model has no weights to run: load it without it")
         self.model = model  # a context keeps its model alive
         self._on_webgpu = model.device is not None and model.device.is_webgpu
+        # a recurrent memory cannot drop its last token, which reading back the logits of a
+        # token sampled on the GPU needs (see _read_back_logits)
+        self._recurrent = bool(
+            lib.llama_model_is_recurrent(model.ptr) or lib.llama_model_is_hybrid(model.ptr)
+        )
         self.params = params
         self.tokens: list[int] = []  # what sequence 0 holds, in order
         self._restored_logits: np.ndarray | None = None  # set by load_state until the next eval
+        # greedy sampling on the GPU (see ContextParams.gpu_sampling): the attached sampler
+        # chain, the Sampler it was made for, and whether the last decode's output was sampled
+        # there (its logits were then never read back: logits() evaluates the token again)
+        self._gpu_chain: Any = ffi.NULL
+        self._gpu_sampler: object | None = None
+        self._sampled_on_gpu = False
         self.loras: dict[LoraAdapter, float] = {}
         self._lock = threading.RLock()
         self._closing = False
@@ -258,6 +275,7 @@ class Context:
             lib.llama_memory_clear(self.memory, True)
             self.tokens = []
             self._restored_logits = None
+            self._sampled_on_gpu = False
             self._version += 1
 
     def truncate(self, n: int) -> None:
@@ -306,6 +324,8 @@ class Context:
     def _decode(self, chunk: list[int], pos0: int, all_outputs: bool, last: bool) -> None:
         """llama_decode of one chunk; the caller holds self._lock."""
         ctx_ptr = self.ptr
+        if all_outputs:  # the GPU sampler takes one output a sequence, and no logits are kept
+            self._detach_gpu_sampler()
         b = self._batch[0]
         n = len(chunk)
         b.n_tokens = n
@@ -318,6 +338,7 @@ class Context:
         if not self._closing:  # close() sets the flag to stop this decode: keep it then
             self._abort_flag[0] = 0
         self._restored_logits = None
+        self._sampled_on_gpu = False
         self._version += 1
         _native.take_native_errors()
         # A Ctrl-C arriving meanwhile is raised by Python once this call returns (prompts are
@@ -327,6 +348,7 @@ class Context:
         fault = _native.webgpu_device_fault() if self._on_webgpu else None
         if rc == 0 and fault is None:
             self.tokens.extend(chunk)
+            self._sampled_on_gpu = self._gpu_chain != ffi.NULL
             return
         # on failure the memory may hold part of the batch: make it match self.tokens again
         lib.llama_memory_seq_rm(lib.llama_get_memory(ctx_ptr), 0, len(self.tokens), -1)
@@ -350,6 +372,60 @@ class Context:
                 "load the model with device='cpu' to go on"
             )
 
+    # -- greedy sampling on the GPU ------------------------------------------------------------
+
+    def _attach_gpu_sampler(self, sampler: Sampler) -> bool:
+        """Have the GPU choose sampler's token after each decode from here on (see
+        ContextParams.gpu_sampling). False where it cannot: the caller samples on the CPU as
+        usual. The caller holds self._lock and detaches it when its generation ends."""
+        self._detach_gpu_sampler()
+        if (
+            not self._on_webgpu
+            or not self.params.gpu_sampling
+            or self.params.embeddings
+            or self._recurrent
+        ):
+            return False
+        chain = sampler._new_gpu_chain()
+        if chain is None:
+            return False
+        _native.take_native_errors()
+        if not lib.llama_set_sampler(self.ptr, 0, chain):
+            _native.take_native_errors()  # "cannot be offloaded": sample on the CPU instead
+            ffi.release(chain)
+            return False
+        self._gpu_chain, self._gpu_sampler = chain, sampler
+        return True
+
+    def _detach_gpu_sampler(self, sampler: Sampler | None = None) -> None:
+        """Stop sampling on the GPU (only if sampler's, when given); the caller holds the lock.
+        The logits of a token already sampled there are read back when asked for."""
+        if self._gpu_chain == ffi.NULL:
+            return
+        if sampler is not None and self._gpu_sampler is not sampler:
+            return
+        chain, self._gpu_chain, self._gpu_sampler = self._gpu_chain, ffi.NULL, None
+        if not self.closed and not self.model.closed:
+            lib.llama_set_sampler(self._ptr, 0, ffi.NULL)
+        ffi.release(chain)
+
+    def _gpu_token(self, sampler: Sampler) -> int | None:
+        """The token the GPU chose for sampler after the last decode, if it did."""
+        if not self._sampled_on_gpu or self._gpu_sampler is not sampler:
+            return None
+        token = int(lib.llama_get_sampled_token_ith(self.ptr, -1))
+        return token if token >= 0 else None
+
+    def _read_back_logits(self) -> None:
+        """Make the last token's logits readable: when it was sampled on the GPU they never
+        left it, so evaluate that token again without the GPU sampler."""
+        if not self._sampled_on_gpu:
+            return
+        self._detach_gpu_sampler()
+        last = self.tokens[-1]
+        self.truncate(len(self.tokens) - 1)
+        self._decode([last], len(self.tokens), False, True)
+
     def request_abort(self) -> None:
         """Make a decode running in another thread stop soon (it raises DecodeError there).
         The CPU backend honours it between graph nodes; GPU backends when the graph is done."""
@@ -357,6 +433,7 @@ class Context:
 
     def _logits_ptr(self, i: int) -> np.ndarray:
         """A view of the logits of output i (valid until the next decode; hold self._lock)."""
+        self._read_back_logits()
         ptr = lib.llama_get_logits_ith(self.ptr, i)
         if ptr == ffi.NULL:
             raise _native.fail(LlamaError, f"no logits at output {i}")
@@ -507,6 +584,7 @@ class Context:
                 raise _native.fail(LlamaError, "the saved state could not be loaded")
             self.tokens = tokens
             self._restored_logits = logits if n_logits else None
+            self._sampled_on_gpu = False
 
     def save_state_file(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_bytes(self.save_state())

@@ -150,6 +150,8 @@ def _steps(
         sampler.reset()
         sampler.feed_prompt(prompt)
         with ctx._lock:
+            if not processors and not logprobs:  # they need the logits on the host
+                ctx._attach_gpu_sampler(sampler)
             ctx.prefill(prompt)
             version = ctx._version
         n = 0
@@ -158,6 +160,7 @@ def _steps(
                 _check_unchanged(ctx, version)
                 raw = ctx.logits() if logprobs else None
                 token = sampler.sample(ctx, processors)
+                version = ctx._version  # reading back GPU-sampled logits evaluates again
             n += 1
             if raw is None:
                 yield token, None, None
@@ -171,6 +174,8 @@ def _steps(
                 ctx.eval([token])
                 version = ctx._version
     finally:
+        with ctx._lock:
+            ctx._detach_gpu_sampler(sampler)
         sampler._release(owner)
         ctx._release(owner)
 

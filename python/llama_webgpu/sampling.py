@@ -474,6 +474,14 @@ class Sampler:
         with ctx._lock:
             if not ctx.tokens:
                 raise LlamaError("no logits yet: evaluate some tokens first")
+            if not logits_processors and self._grammar == ffi.NULL:
+                token = ctx._gpu_token(self)  # chosen on the GPU (Context._attach_gpu_sampler)
+                if token is not None:
+                    with self._lock:
+                        self._check_open()
+                        lib.llama_sampler_accept(self._chain, token)  # as llama_sampler_sample
+                    return token
+            ctx._read_back_logits()  # the logits the paths below read must have left the GPU
             # ctx.logits() also covers logits restored by Context.load_state (none in llama.cpp)
             if logits_processors or self._grammar != ffi.NULL or ctx._restored_logits is not None:
                 logits = ctx.logits()
@@ -490,6 +498,30 @@ class Sampler:
         if token < 0:
             raise _native.fail(LlamaError, "the sampler chain chose no token")
         return int(token)
+
+    def _new_gpu_chain(self) -> Any | None:
+        """A new chain that does on the GPU what this sampler does (logit bias, then greedy),
+        or None unless this sampler is greedy with at most a logit bias. llama.cpp prepares a
+        chain for one context's backend once, so each attachment takes a new one."""
+        if self._fast_greedy is None:
+            return None
+        self._check_open()
+        cp = lib.llama_sampler_chain_default_params()
+        cp.no_perf = True
+        chain = ffi.gc(
+            _check_ptr(lib.llama_sampler_chain_init(cp), "chain"),
+            functools.partial(_free, self.model._ptr),
+        )
+        ids, biases = self._fast_greedy[:2]
+        if len(ids):
+            arr = ffi.new("llama_logit_bias[]", len(ids))
+            for i, (token, value) in enumerate(zip(ids.tolist(), biases.tolist(), strict=True)):
+                arr[i].token = token
+                arr[i].bias = value
+            bias = lib.llama_sampler_init_logit_bias(self.n_vocab, len(ids), arr)
+            lib.llama_sampler_chain_add(chain, _check_ptr(bias, "logit bias"))
+        lib.llama_sampler_chain_add(chain, _check_ptr(lib.llama_sampler_init_greedy(), "greedy"))
+        return chain
 
     def _sample_greedy(self, ctx: Context) -> int:
         """What the chain (logit bias, then greedy) would choose, without its O(n_vocab) array of
