@@ -193,7 +193,13 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=2048)
     ap.add_argument("--json", help="write all raw figures here")
     ap.add_argument("--commit", default=os.environ.get("LLAMA_WEBGPU_COMMIT", ""))
+    ap.add_argument("--ours-one", metavar="GGUF", help=argparse.SUPPRESS)  # one model's --ours
+    ap.add_argument("--host-sampling", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ours_one:
+        rows = ours_rows(Path(args.ours_one), args.r, [0, args.depth], not args.host_sampling)
+        print(json.dumps(rows))
+        return
 
     models = dict(m.split("=", 1) for m in args.model)
     benches = dict(b.split("=", 1) for b in args.bench)
@@ -230,11 +236,15 @@ def main() -> None:
     for column, on_gpu in ours_columns:
         columns.append(column)
         for name, path in models.items():
+            # a process of its own per model, as llama-bench has
             start = time.time()
-            try:
-                results[name][column] = ours_rows(Path(path), args.r, depths, on_gpu)
-            except Exception as e:  # report and go on: one model must not lose the others
-                print(f"  {column} failed on {name}: {e}", file=sys.stderr)
+            cmd = [sys.executable, __file__, "--ours-one", path, "-r", str(args.r)]
+            cmd += ["--depth", str(args.depth)] + ([] if on_gpu else ["--host-sampling"])
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            if out.returncode == 0:
+                results[name][column] = json.loads(out.stdout.splitlines()[-1])
+            else:  # report and go on: one model must not lose the others
+                print(f"  {column} failed on {name}:\n{out.stderr[-2000:]}", file=sys.stderr)
             print(
                 f"  {column:16s} {name}: {time.time() - start:.0f} s", file=sys.stderr, flush=True
             )

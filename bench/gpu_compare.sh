@@ -24,6 +24,8 @@
 #                                       (webgpu_variants.sh --mat-vec/--defines; VARIANTS="a b"
 #                                       picks, R reps, TESTS="-p 512 -n 0" measures prefill)
 #                                       (same carry as setup)
+#   bash bench/gpu_compare.sh mm-perf   test-backend-ops perf of MUL_MAT at n = 512 (prefill) per weight
+#                                       type, with each carried build (TYPES="q4_0|q4_K" picks)
 #   bash bench/gpu_compare.sh sections      where a decode step's host time goes (webgpu_variants.sh's
 #                                       sections-all build), and GPU time per shader where a
 #                                       variants/gpuprof build is carried  (same carry as setup)
@@ -156,6 +158,18 @@ ops)
             -p 0 -n 128 -r 1 -fa 1 -ngl 99 -dev WebGPU 2>&1 | grep -E "LW_MEASURE" || echo
     done 2>&1 | tee "$OUT/graph_timing.txt"
     ;;
+mm-perf)
+    # the prefill mat-mul (n = 512) per weight type, with each carried build (TYPES picks types)
+    vulkan_env
+    sync_variants
+    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+    for v in ${VARIANTS:-$(ls $S/variants)}; do
+        echo "== $v"
+        GGML_BACKEND_PATH=$S/variants/$v/libggml-webgpu.so timeout 200 $T/bin/test-backend-ops perf -b WebGPU \
+            -o MUL_MAT -p "type_a=(${TYPES:-f16|q4_0|q4_K|q6_K|q8_0}),type_b=f32,m=4096,n=512,k=14336" 2>&1 \
+            | grep -E "MUL_MAT" || true
+    done 2>&1 | tee -a "$OUT/mm-perf.txt"
+    ;;
 sections)
     vulkan_env
     sync_variants
@@ -241,7 +255,7 @@ bench-all)
     PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) --bench cuda=$S/build-cuda/bin/llama-bench \
         --bench vulkan=$S/build-vk/bin/llama-bench --bench webgpu=$T/bin/llama-bench \
         --bench cpu=$T/bin/llama-bench --cpu-models smollm2,gemma3-270m --dawn-lib $T/libwebgpu_dawn.so \
-        --ours -r "${REPS:-3}" --json "$OUT/compare-all.json" 2>&1 | tee "$OUT/compare-all.txt"
+        --ours --ours-host -r "${REPS:-3}" --json "$OUT/compare-all.json" 2>&1 | tee "$OUT/compare-all.txt"
     PYTHONUNBUFFERED=1 python3 bench/decode.py --model $M/SmolLM2-135M-Instruct.Q4_1.gguf --device cpu \
         -n 128 -r 5 --llama-bench $T/bin/llama-bench --json "$OUT/decode-cpu.json" 2>&1 | tee "$OUT/decode-cpu.txt"
     ;;
@@ -249,7 +263,7 @@ bench-ours)
     # our Python API against llama-bench: WebGPU (all tests, same library), then CPU decode
     vulkan_env
     PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) --bench webgpu=$T/bin/llama-bench \
-        --dawn-lib $T/libwebgpu_dawn.so --ours -r "${REPS:-3}" \
+        --dawn-lib $T/libwebgpu_dawn.so --ours --ours-host -r "${REPS:-3}" \
         --json "$OUT/compare-ours.json" 2>&1 | tee "$OUT/compare-ours.txt"
     PYTHONUNBUFFERED=1 python3 bench/decode.py --model $M/SmolLM2-135M-Instruct.Q4_1.gguf --device cpu \
         -n 128 -r 5 --llama-bench $T/bin/llama-bench --json "$OUT/decode-cpu.json" 2>&1 | tee "$OUT/decode-cpu.txt"
