@@ -150,7 +150,14 @@ def parse(cmd: list[str], returncode: int | None, stdout: str, stderr: str) -> O
     return run
 
 
-def run_ops(exe: Path, dawn: Path, ops: str, params: str | None, timeout: float) -> OpRun:
+def run_ops(
+    exe: Path,
+    dawn: Path,
+    ops: str,
+    params: str | None,
+    timeout: float,
+    extra_env: dict[str, str] | None = None,
+) -> OpRun:
     """Run the cases of `ops` (matching `params`) on WebGPU."""
     env = {
         **os.environ,
@@ -162,6 +169,7 @@ def run_ops(exe: Path, dawn: Path, ops: str, params: str | None, timeout: float)
         # Dawn's validation is off in normal runs (patches/0014); the op tests keep it on, so a
         # malformed command (e.g. a stale cached bind group) fails here
         "GGML_WEBGPU_VALIDATE": "1",
+        **(extra_env or {}),
     }
     cmd = [str(exe), "test", "-b", "WebGPU", "-o", ops] + (["-p", params] if params else [])
     try:
@@ -211,6 +219,22 @@ def test_webgpu_op_matches_cpu(ops, test_backend_ops, dawn_shared_library):
     run = run_ops(test_backend_ops, dawn_shared_library, ops, CI_CASES[ops], CI_TIMEOUT_S)
     check(run)
     print(f"{run.passed}/{run.total} passed; {len(run.unsupported)} not supported (skipped)")
+
+
+# Prefill-like products (n >= 9 columns, k >= 512) of a float and two quantized weight types.
+# patches/0025 splits K only where the subgroup-matrix kernel leaves the GPU idle, which lavapipe
+# does not have; GGML_WEBGPU_MUL_MAT_SPLIT_K=force applies the same rule to the register-tile
+# kernel. (Checked: with the reduction made to skip one partial sum, 2 of these cases fail.)
+SPLIT_K_CASES = r"^type_a=(f16|q4_0|q4_K),type_b=f32,m=\d+,n=(9|[1-9]\d+),k=([5-9]\d\d|\d{4,}),"
+
+
+@pytest.mark.webgpu
+def test_split_k_mat_mul_matches_cpu(test_backend_ops, dawn_shared_library):
+    env = {"GGML_WEBGPU_MUL_MAT_SPLIT_K": "force"}
+    exe, dawn = test_backend_ops, dawn_shared_library
+    run = run_ops(exe, dawn, "MUL_MAT", SPLIT_K_CASES, CI_TIMEOUT_S, env)
+    check(run)
+    assert run.passed is not None and run.passed >= 4, run.tail()
 
 
 @pytest.mark.webgpu
