@@ -206,7 +206,16 @@ class Context:
         self.n_batch = int(lib.llama_n_batch(ptr))
         self.n_vocab = model.n_vocab
         self._batch = ffi.gc(ffi.new("struct llama_batch *"), _free_batch)
-        self._batch[0] = lib.llama_batch_init(self.n_batch, 0, 1)
+        self._batch[0] = b = lib.llama_batch_init(self.n_batch, 0, 1)
+        # every token goes to sequence 0; tokens, positions and output flags are written through
+        # numpy views of the batch's arrays (a 512-token chunk took 0.8 ms item by item)
+        n = self.n_batch
+        for i in range(n):
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+        self._batch_tokens = np.frombuffer(ffi.buffer(b.token, 4 * n), np.int32)
+        self._batch_pos = np.frombuffer(ffi.buffer(b.pos, 4 * n), np.int32)
+        self._batch_outputs = np.frombuffer(ffi.buffer(b.logits, n), np.int8)
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -326,15 +335,13 @@ class Context:
         ctx_ptr = self.ptr
         if all_outputs:  # the GPU sampler takes one output a sequence, and no logits are kept
             self._detach_gpu_sampler()
-        b = self._batch[0]
         n = len(chunk)
-        b.n_tokens = n
-        for i, t in enumerate(chunk):
-            b.token[i] = t
-            b.pos[i] = pos0 + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = 1 if all_outputs or (last and i == n - 1) else 0
+        self._batch[0].n_tokens = n
+        self._batch_tokens[:n] = chunk
+        self._batch_pos[:n] = np.arange(pos0, pos0 + n, dtype=np.int32)
+        self._batch_outputs[:n] = 1 if all_outputs else 0
+        if last:
+            self._batch_outputs[n - 1] = 1
         if not self._closing:  # close() sets the flag to stop this decode: keep it then
             self._abort_flag[0] = 0
         self._restored_logits = None
@@ -343,7 +350,7 @@ class Context:
         _native.take_native_errors()
         # A Ctrl-C arriving meanwhile is raised by Python once this call returns (prompts are
         # evaluated n_batch tokens per call, so that is soon); the state stays consistent.
-        rc = lib.llama_decode(ctx_ptr, b)
+        rc = lib.llama_decode(ctx_ptr, self._batch[0])
         # a device lost while the results were read back leaves rc 0: ask ggml-webgpu too
         fault = _native.webgpu_device_fault() if self._on_webgpu else None
         if rc == 0 and fault is None:

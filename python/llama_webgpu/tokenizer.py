@@ -104,6 +104,13 @@ class Tokenizer:
         """check_token() of each; TypeError unless tokens is an iterable of ints."""
         if isinstance(tokens, str | bytes | bytearray) or not isinstance(tokens, Iterable):
             raise TypeError(f"tokens must be a sequence of ints, not {type(tokens).__name__}")
+        # the common case, a list of plain ints, checked in bulk (prompts of thousands of tokens)
+        if (
+            type(tokens) is list
+            and all(type(t) is int for t in tokens)
+            and (not tokens or (min(tokens) >= 0 and max(tokens) < self._n_vocab))
+        ):
+            return list(tokens)
         return [self.check_token(t) for t in tokens]
 
     def encode(
