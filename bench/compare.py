@@ -70,10 +70,10 @@ def llama_bench_rows(
 
 
 def ours_rows(
-    model_path: Path, reps: int, depths: list[int], gpu_sampling: bool = True
+    model_path: Path, reps: int, depths: list[int], gpu_sampling: bool = False
 ) -> dict[str, dict]:
     """pp512 / tg128 / tg128 at depth through the Python API on WebGPU, timed like llama-bench.
-    gpu_sampling=False picks the greedy tokens on the host (ContextParams.gpu_sampling)."""
+    gpu_sampling=True picks the greedy tokens on the GPU (ContextParams.gpu_sampling)."""
     import llama_webgpu as lw
     from llama_webgpu.generate import stream_generate
 
@@ -160,7 +160,7 @@ def report(results: dict, columns: list[str], depth: int) -> str:
                     r = ratio(results, model, test, w, den)
                     if r is not None:
                         parts.append(f"{w}/{den} {r:.3f}")
-            for ours in ("ours", "ours-host"):
+            for ours in ("ours", "ours-gpu"):
                 r = ratio(results, model, test, ours, "webgpu")
                 if r is not None:
                     parts.append(f"{ours}/llama-bench {r:.3f}")
@@ -181,9 +181,9 @@ def main() -> None:
     ap.add_argument("--dawn-lib", help="libwebgpu_dawn.so for the WebGPU llama-bench")
     ap.add_argument("--ours", action="store_true", help="also the Python API on WebGPU")
     ap.add_argument(
-        "--ours-host",
+        "--ours-gpu",
         action="store_true",
-        help="also the Python API with greedy tokens picked on the host (gpu_sampling=False)",
+        help="also the Python API with greedy tokens picked on the GPU (gpu_sampling=True)",
     )
     ap.add_argument(
         "--cpu-models", default="", help="comma list of models the CPU runs (default all)"
@@ -194,10 +194,10 @@ def main() -> None:
     ap.add_argument("--json", help="write all raw figures here")
     ap.add_argument("--commit", default=os.environ.get("LLAMA_WEBGPU_COMMIT", ""))
     ap.add_argument("--ours-one", metavar="GGUF", help=argparse.SUPPRESS)  # one model's --ours
-    ap.add_argument("--host-sampling", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--gpu-sampling", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ours_one:
-        rows = ours_rows(Path(args.ours_one), args.r, [0, args.depth], not args.host_sampling)
+        rows = ours_rows(Path(args.ours_one), args.r, [0, args.depth], args.gpu_sampling)
         print(json.dumps(rows))
         return
 
@@ -231,15 +231,15 @@ def main() -> None:
             results[name][column] = llama_bench_rows(
                 exe, kind, Path(path), args.r, depths, env, args.t
             )
-    ours_columns = [("ours", True)] if args.ours else []
-    ours_columns += [("ours-host", False)] if args.ours_host else []
+    ours_columns = [("ours", False)] if args.ours else []
+    ours_columns += [("ours-gpu", True)] if args.ours_gpu else []
     for column, on_gpu in ours_columns:
         columns.append(column)
         for name, path in models.items():
             # a process of its own per model, as llama-bench has
             start = time.time()
             cmd = [sys.executable, __file__, "--ours-one", path, "-r", str(args.r)]
-            cmd += ["--depth", str(args.depth)] + ([] if on_gpu else ["--host-sampling"])
+            cmd += ["--depth", str(args.depth)] + (["--gpu-sampling"] if on_gpu else [])
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
             if out.returncode == 0:
                 results[name][column] = json.loads(out.stdout.splitlines()[-1])

@@ -255,7 +255,7 @@ bench-all)
     PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) --bench cuda=$S/build-cuda/bin/llama-bench \
         --bench vulkan=$S/build-vk/bin/llama-bench --bench webgpu=$T/bin/llama-bench \
         --bench cpu=$T/bin/llama-bench --cpu-models smollm2,gemma3-270m --dawn-lib $T/libwebgpu_dawn.so \
-        --ours --ours-host -r "${REPS:-3}" --json "$OUT/compare-all.json" 2>&1 | tee "$OUT/compare-all.txt"
+        --ours --ours-gpu -r "${REPS:-3}" --json "$OUT/compare-all.json" 2>&1 | tee "$OUT/compare-all.txt"
     PYTHONUNBUFFERED=1 python3 bench/decode.py --model $M/SmolLM2-135M-Instruct.Q4_1.gguf --device cpu \
         -n 128 -r 5 --llama-bench $T/bin/llama-bench --json "$OUT/decode-cpu.json" 2>&1 | tee "$OUT/decode-cpu.txt"
     ;;
@@ -263,7 +263,7 @@ bench-ours)
     # our Python API against llama-bench: WebGPU (all tests, same library), then CPU decode
     vulkan_env
     PYTHONUNBUFFERED=1 python3 bench/compare.py $(models) --bench webgpu=$T/bin/llama-bench \
-        --dawn-lib $T/libwebgpu_dawn.so --ours --ours-host -r "${REPS:-3}" \
+        --dawn-lib $T/libwebgpu_dawn.so --ours --ours-gpu -r "${REPS:-3}" \
         --json "$OUT/compare-ours.json" 2>&1 | tee "$OUT/compare-ours.txt"
     PYTHONUNBUFFERED=1 python3 bench/decode.py --model $M/SmolLM2-135M-Instruct.Q4_1.gguf --device cpu \
         -n 128 -r 5 --llama-bench $T/bin/llama-bench --json "$OUT/decode-cpu.json" 2>&1 | tee "$OUT/decode-cpu.txt"

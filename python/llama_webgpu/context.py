@@ -76,11 +76,13 @@ class ContextParams:
     type_k: str = "f16"
     type_v: str = "f16"
     offload_kqv: bool = True
-    gpu_sampling: bool = True
-    """On WebGPU, greedy generation (temperature 0, at most a logit bias, no grammar, logits
-    processors or logprobs) picks each token on the GPU: only its id is read back, not the
-    n_vocab logits. Equal top logits may resolve to another token than on the CPU (the GPU
-    keeps the last of them, the CPU the first)."""
+    gpu_sampling: bool = False
+    """On WebGPU, let greedy generation (temperature 0, at most a logit bias, no grammar, logits
+    processors or logprobs) pick each token on the GPU: only its id is read back, not the
+    n_vocab logits. Off by default: on an H100 it decoded 1-4% slower than picking on the host
+    (its logit bias and argmax are four more dispatches a token, the argmax a single workgroup;
+    docs/performance.md). Equal top logits may resolve to another token than on the host (the
+    GPU keeps the last of them, the host the first)."""
 
     def validate(self) -> None:
         """Raise ValueError (bad value) or TypeError (bad type), naming the field."""
