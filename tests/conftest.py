@@ -35,6 +35,16 @@ def webgpu_device():
     return gpu[0]
 
 
+@pytest.fixture(scope="module")
+def gpu(webgpu_device):
+    """The default model (SmolLM2) on the WebGPU device, loaded once per test module."""
+    from llama_webgpu.model import Model
+    from llama_webgpu.models import model_path
+
+    with Model(model_path(), device="webgpu") as m:
+        yield m
+
+
 @pytest.fixture(scope="session")
 def build_dir() -> Path:
     """The CMake build tree that `pip install .` left (pyproject.toml: build-dir)."""

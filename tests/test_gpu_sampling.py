@@ -13,18 +13,10 @@ import pytest
 
 from llama_webgpu._native import ffi
 from llama_webgpu.generate import generate, stream_generate
-from llama_webgpu.model import Model
-from llama_webgpu.models import model_path
 
 PROMPT = "The capital of France is"
 
 pytestmark = pytest.mark.webgpu
-
-
-@pytest.fixture(scope="module")
-def gpu(webgpu_device):
-    with Model(model_path(), device="webgpu") as m:
-        yield m
 
 
 @pytest.fixture(scope="module")

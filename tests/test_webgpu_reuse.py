@@ -25,12 +25,6 @@ pytestmark = pytest.mark.webgpu
 
 
 @pytest.fixture(scope="module")
-def gpu(webgpu_device):
-    with Model(model_path(), device="webgpu") as m:
-        yield m
-
-
-@pytest.fixture(scope="module")
 def reference(gpu) -> list[int]:
     with gpu.context(n_ctx=64) as c:
         return generate(c, PROMPT, max_tokens=4, temperature=0).tokens
