@@ -258,9 +258,7 @@ class Sampler:
         # the destructors hold the model's pointer object: the samplers (the grammar refers
         # to the vocabulary) are freed before the model even when a reference cycle goes
         free = functools.partial(_free, model._ptr)
-        cp = lib.llama_sampler_chain_default_params()
-        cp.no_perf = True
-        self._chain = ffi.gc(_check_ptr(lib.llama_sampler_chain_init(cp), "chain"), free)
+        self._chain = self._new_chain()
         with model._lock:
             for ptr in self._stages():
                 lib.llama_sampler_chain_add(self._chain, ptr)  # the chain owns it from here
@@ -378,11 +376,22 @@ class Sampler:
             bias[int(suppress[i])] = -math.inf  # model-specific suppressed tokens
         self._bias = bias
         if bias:
-            arr = ffi.new("llama_logit_bias[]", len(bias))
-            for i, (token, value) in enumerate(bias.items()):
-                arr[i].token = token
-                arr[i].bias = value
-            out.append(lib.llama_sampler_init_logit_bias(self.n_vocab, len(bias), arr))
+            out.append(self._logit_bias_sampler(bias))
+
+    def _new_chain(self) -> Any:
+        """An empty llama.cpp sampler chain, freed (before the model) when collected."""
+        cp = lib.llama_sampler_chain_default_params()
+        cp.no_perf = True
+        chain = _check_ptr(lib.llama_sampler_chain_init(cp), "chain")
+        return ffi.gc(chain, functools.partial(_free, self.model._ptr))
+
+    def _logit_bias_sampler(self, bias: Mapping[int, float]) -> Any:
+        """A new llama.cpp logit-bias sampler adding bias[token] to each token's logit."""
+        arr = ffi.new("llama_logit_bias[]", len(bias))
+        for i, (token, value) in enumerate(bias.items()):
+            arr[i].token = token
+            arr[i].bias = value
+        return lib.llama_sampler_init_logit_bias(self.n_vocab, len(bias), arr)
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -506,19 +515,9 @@ class Sampler:
         if self._fast_greedy is None:
             return None
         self._check_open()
-        cp = lib.llama_sampler_chain_default_params()
-        cp.no_perf = True
-        chain = ffi.gc(
-            _check_ptr(lib.llama_sampler_chain_init(cp), "chain"),
-            functools.partial(_free, self.model._ptr),
-        )
-        ids, biases = self._fast_greedy[:2]
-        if len(ids):
-            arr = ffi.new("llama_logit_bias[]", len(ids))
-            for i, (token, value) in enumerate(zip(ids.tolist(), biases.tolist(), strict=True)):
-                arr[i].token = token
-                arr[i].bias = value
-            bias = lib.llama_sampler_init_logit_bias(self.n_vocab, len(ids), arr)
+        chain = self._new_chain()
+        if self._bias:
+            bias = self._logit_bias_sampler(self._bias)
             lib.llama_sampler_chain_add(chain, _check_ptr(bias, "logit bias"))
         lib.llama_sampler_chain_add(chain, _check_ptr(lib.llama_sampler_init_greedy(), "greedy"))
         return chain
