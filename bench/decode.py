@@ -56,10 +56,21 @@ def dawn_library(given: str | None = None) -> str | None:
 
 
 def run_llama_bench(
-    exe: Path, model: Path, device: str, n: int, reps: int, threads: int, dawn: str | None
+    exe: Path,
+    model: Path,
+    device: str,
+    n: int,
+    reps: int,
+    threads: int,
+    dawn: str | None,
+    load_webgpu: bool = False,
 ) -> dict:
     # its libraries sit beside it (a copied build has no valid build-tree RPATH)
     env = dict(os.environ, LD_LIBRARY_PATH=str(exe.parent))
+    if load_webgpu and device == "cpu":
+        # the WebGPU module loaded (and its device made) but not used, as in our process
+        env["LLAMA_WEBGPU_DAWN_LIB"] = dawn_library(dawn) or ""
+        env["GGML_BACKEND_PATH"] = str(exe.parent / "libggml-webgpu.so")
     cmd = [str(exe), "-m", str(model), "-p", "0", "-n", str(n), "-r", str(reps), "-o", "json"]
     cmd += ["-t", str(threads)]
     if device == "webgpu":
@@ -110,6 +121,72 @@ def run_ours(model_path: Path, device: str, n: int, reps: int, threads: int) -> 
     }
 
 
+def run_ours_process(args: argparse.Namespace, path: Path, without_webgpu: bool) -> dict:
+    """run_ours in a Python process of its own; without_webgpu leaves the WebGPU backend
+    unloaded there (no Dawn device in the process)."""
+    env = dict(os.environ)
+    if without_webgpu:
+        env["LLAMA_WEBGPU_DAWN_LIB"] = "/nonexistent/libwebgpu_dawn.so"
+    cmd = [sys.executable, __file__, "--ours-one", "--model", str(path), "--device", args.device]
+    cmd += ["-n", str(args.n), "-r", str(args.r), "-t", str(args.t)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"our run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rounds(args: argparse.Namespace, exe: Path, path: Path) -> None:
+    """--rounds K: llama-bench and our API measured in turn K times (each in a process of its
+    own), with and without the WebGPU backend loaded beside the CPU, so that a drift of the
+    machine shows as a drift and not as a ratio."""
+    kinds = {
+        "llama-bench": lambda: run_llama_bench(
+            exe, path, args.device, args.n, args.r, args.t, args.dawn_lib
+        ),
+        "llama-bench +webgpu": lambda: run_llama_bench(
+            exe, path, args.device, args.n, args.r, args.t, args.dawn_lib, load_webgpu=True
+        ),
+        "ours": lambda: run_ours_process(args, path, without_webgpu=False),
+        "ours -webgpu": lambda: run_ours_process(args, path, without_webgpu=True),
+    }
+    samples: dict[str, list[float]] = {k: [] for k in kinds}
+    print(
+        f"model {path.name}, device {args.device}, tg{args.n}, "
+        f"{args.r} runs x {args.rounds} rounds, {args.t} threads"
+    )
+    for i in range(args.rounds):
+        for name, run in kinds.items():
+            res = run()
+            samples[name] += res["samples_ts"]
+            print(
+                f"  round {i + 1} {name:20s} {res['avg_ts']:9.2f} ± {res['stddev_ts']:.2f}",
+                flush=True,
+            )
+    ref = statistics.mean(samples["llama-bench"])
+    for name, vals in samples.items():
+        mean = statistics.mean(vals)
+        print(
+            f"  {name:20s} {mean:9.2f} ± {statistics.stdev(vals):.2f}"
+            f"  /llama-bench {mean / ref:.3f}"
+        )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model": path.name,
+                    "device": args.device,
+                    "n": args.n,
+                    "reps": args.r,
+                    "rounds": args.rounds,
+                    "threads": args.t,
+                    "samples_ts": samples,
+                    "date": time.strftime("%Y-%m-%d"),
+                },
+                indent=1,
+            )
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct", help="known model name or path")
@@ -120,12 +197,26 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--llama-bench", help="llama-bench executable (default: the build tree's)")
     ap.add_argument("--dawn-lib", help="libwebgpu_dawn.so for llama-bench (default: rillfacet's)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="measure llama-bench and ours in turn this many times, each also with (llama-bench) "
+        "or without (ours) the WebGPU backend loaded",
+    )
+    ap.add_argument("--ours-one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     from llama_webgpu.models import KNOWN_MODELS, model_path
 
     path = model_path(args.model) if args.model in KNOWN_MODELS else Path(args.model)
+    if args.ours_one:
+        print(json.dumps(run_ours(path, args.device, args.n, args.r, args.t)))
+        return
     exe = Path(args.llama_bench) if args.llama_bench else llama_bench(build_dir())
+    if args.rounds:
+        rounds(args, exe, path)
+        return
     ref = run_llama_bench(exe, path, args.device, args.n, args.r, args.t, args.dawn_lib)
     ours = run_ours(path, args.device, args.n, args.r, args.t)
     ratio = ours["avg_ts"] / ref["avg_ts"]

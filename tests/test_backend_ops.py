@@ -237,6 +237,26 @@ def test_split_k_mat_mul_matches_cpu(test_backend_ops, dawn_shared_library):
     assert run.passed is not None and run.passed >= 4, run.tail()
 
 
+# One mat-mul case (n > 8: not the mat-vec path) of each weight type with a loader of its own in
+# mul_mat_decls.tmpl. patches/0026 pads the staged tile rows of the subgroup-matrix kernel, which
+# lavapipe does not have; GGML_WEBGPU_MUL_MAT_SHMEM_ROW_PAD=8 pads the register-tile kernel's rows
+# the same way, so every loader's stores go through the padded index here. (Checked: with Q4_1's
+# loader storing its high nibbles at the unpadded index, its cases fail.)
+PADDED_ROWS_CASES = (
+    r"^type_a=(f32|f16|q4_0|q4_1|q5_0|q5_1|q8_0|mxfp4|q2_K|q3_K|q4_K|q5_K|q6_K|iq4_nl|iq4_xs),"
+    r"type_b=f32,m=(16,n=9|1,n=64),k=256,bs=\[1,1\],nr=\[1,1\],"
+)
+
+
+@pytest.mark.webgpu
+def test_padded_tile_rows_mat_mul_matches_cpu(test_backend_ops, dawn_shared_library):
+    env = {"GGML_WEBGPU_MUL_MAT_SHMEM_ROW_PAD": "8"}
+    exe, dawn = test_backend_ops, dawn_shared_library
+    run = run_ops(exe, dawn, "MUL_MAT", PADDED_ROWS_CASES, CI_TIMEOUT_S, env)
+    check(run)
+    assert run.passed is not None and run.passed >= 30, run.tail()
+
+
 @pytest.mark.webgpu
 @pytest.mark.slow
 @pytest.mark.parametrize("ops", list(CI_CASES))
