@@ -121,6 +121,20 @@ def run_ours(model_path: Path, device: str, n: int, reps: int, threads: int) -> 
     }
 
 
+def write_json(args: argparse.Namespace, path: Path, results: dict) -> None:
+    """--json: the run's settings and results, dated."""
+    if args.json:
+        run = {
+            "model": path.name,
+            "device": args.device,
+            "n": args.n,
+            "reps": args.r,
+            "threads": args.t,
+        }
+        run.update(results, date=time.strftime("%Y-%m-%d"))
+        Path(args.json).write_text(json.dumps(run, indent=1))
+
+
 def run_ours_process(args: argparse.Namespace, path: Path, without_webgpu: bool) -> dict:
     """run_ours in a Python process of its own; without_webgpu leaves the WebGPU backend
     unloaded there (no Dawn device in the process)."""
@@ -169,22 +183,7 @@ def rounds(args: argparse.Namespace, exe: Path, path: Path) -> None:
             f"  {name:20s} {mean:9.2f} ± {statistics.stdev(vals):.2f}"
             f"  /llama-bench {mean / ref:.3f}"
         )
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "model": path.name,
-                    "device": args.device,
-                    "n": args.n,
-                    "reps": args.r,
-                    "rounds": args.rounds,
-                    "threads": args.t,
-                    "samples_ts": samples,
-                    "date": time.strftime("%Y-%m-%d"),
-                },
-                indent=1,
-            )
-        )
+    write_json(args, path, {"rounds": args.rounds, "samples_ts": samples})
 
 
 def main() -> None:
@@ -224,23 +223,7 @@ def main() -> None:
     print(f"  llama-bench       {ref['avg_ts']:9.2f} ± {ref['stddev_ts']:.2f} tokens/s")
     print(f"  stream_generate   {ours['avg_ts']:9.2f} ± {ours['stddev_ts']:.2f} tokens/s")
     print(f"  ours/llama-bench  {ratio:9.3f}")
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "model": path.name,
-                    "device": args.device,
-                    "n": args.n,
-                    "reps": args.r,
-                    "threads": args.t,
-                    "llama_bench": ref,
-                    "ours": ours,
-                    "ratio": ratio,
-                    "date": time.strftime("%Y-%m-%d"),
-                },
-                indent=1,
-            )
-        )
+    write_json(args, path, {"llama_bench": ref, "ours": ours, "ratio": ratio})
 
 
 if __name__ == "__main__":

@@ -227,16 +227,6 @@ def test_webgpu_op_matches_cpu(ops, test_backend_ops, dawn_shared_library):
 # kernel. (Checked: with the reduction made to skip one partial sum, 2 of these cases fail.)
 SPLIT_K_CASES = r"^type_a=(f16|q4_0|q4_K),type_b=f32,m=\d+,n=(9|[1-9]\d+),k=([5-9]\d\d|\d{4,}),"
 
-
-@pytest.mark.webgpu
-def test_split_k_mat_mul_matches_cpu(test_backend_ops, dawn_shared_library):
-    env = {"GGML_WEBGPU_MUL_MAT_SPLIT_K": "force"}
-    exe, dawn = test_backend_ops, dawn_shared_library
-    run = run_ops(exe, dawn, "MUL_MAT", SPLIT_K_CASES, CI_TIMEOUT_S, env)
-    check(run)
-    assert run.passed is not None and run.passed >= 4, run.tail()
-
-
 # One mat-mul case (n > 8: not the mat-vec path) of each weight type with a loader of its own in
 # mul_mat_decls.tmpl. patches/0026 pads the staged tile rows of the subgroup-matrix kernel, which
 # lavapipe does not have; GGML_WEBGPU_MUL_MAT_SHMEM_ROW_PAD=8 pads the register-tile kernel's rows
@@ -248,13 +238,21 @@ PADDED_ROWS_CASES = (
 )
 
 
+# The subgroup-matrix paths that lavapipe cannot run, forced onto the register-tile kernel:
+# (environment, cases, the fewest cases that must have run)
+FORCED_MAT_MUL_PATHS = {
+    "split_k": ({"GGML_WEBGPU_MUL_MAT_SPLIT_K": "force"}, SPLIT_K_CASES, 4),
+    "padded_tile_rows": ({"GGML_WEBGPU_MUL_MAT_SHMEM_ROW_PAD": "8"}, PADDED_ROWS_CASES, 30),
+}
+
+
 @pytest.mark.webgpu
-def test_padded_tile_rows_mat_mul_matches_cpu(test_backend_ops, dawn_shared_library):
-    env = {"GGML_WEBGPU_MUL_MAT_SHMEM_ROW_PAD": "8"}
-    exe, dawn = test_backend_ops, dawn_shared_library
-    run = run_ops(exe, dawn, "MUL_MAT", PADDED_ROWS_CASES, CI_TIMEOUT_S, env)
+@pytest.mark.parametrize("path", list(FORCED_MAT_MUL_PATHS))
+def test_forced_mat_mul_path_matches_cpu(path, test_backend_ops, dawn_shared_library):
+    env, cases, at_least = FORCED_MAT_MUL_PATHS[path]
+    run = run_ops(test_backend_ops, dawn_shared_library, "MUL_MAT", cases, CI_TIMEOUT_S, env)
     check(run)
-    assert run.passed is not None and run.passed >= 30, run.tail()
+    assert run.passed is not None and run.passed >= at_least, run.tail()
 
 
 @pytest.mark.webgpu
