@@ -15,6 +15,7 @@ here: the ggml-webgpu module through GGML_BACKEND_PATH and Dawn through LLAMA_WE
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -67,18 +68,16 @@ def run_llama_bench(
 ) -> dict:
     # its libraries sit beside it (a copied build has no valid build-tree RPATH)
     env = dict(os.environ, LD_LIBRARY_PATH=str(exe.parent))
-    if load_webgpu and device == "cpu":
-        # the WebGPU module loaded (and its device made) but not used, as in our process
-        env["LLAMA_WEBGPU_DAWN_LIB"] = dawn_library(dawn) or ""
-        env["GGML_BACKEND_PATH"] = str(exe.parent / "libggml-webgpu.so")
-    cmd = [str(exe), "-m", str(model), "-p", "0", "-n", str(n), "-r", str(reps), "-o", "json"]
-    cmd += ["-t", str(threads)]
-    if device == "webgpu":
+    # load_webgpu on the CPU: the WebGPU module loaded (its device made), unused, as in our process
+    if device == "webgpu" or load_webgpu:
         dawn = dawn_library(dawn)
         if not dawn:
             sys.exit("llama-bench on WebGPU needs a libwebgpu_dawn.so: pip install rillfacet")
         env["LLAMA_WEBGPU_DAWN_LIB"] = dawn
         env["GGML_BACKEND_PATH"] = str(exe.parent / "libggml-webgpu.so")
+    cmd = [str(exe), "-m", str(model), "-p", "0", "-n", str(n), "-r", str(reps), "-o", "json"]
+    cmd += ["-t", str(threads)]
+    if device == "webgpu":
         cmd += ["-ngl", "99", "-dev", "WebGPU"]
     else:
         cmd += ["-ngl", "0", "-dev", "none"]
@@ -153,13 +152,10 @@ def rounds(args: argparse.Namespace, exe: Path, path: Path) -> None:
     """--rounds K: llama-bench and our API measured in turn K times (each in a process of its
     own), with and without the WebGPU backend loaded beside the CPU, so that a drift of the
     machine shows as a drift and not as a ratio."""
+    bench = functools.partial(run_llama_bench, exe, path, args.device, args.n, args.r, args.t)
     kinds = {
-        "llama-bench": lambda: run_llama_bench(
-            exe, path, args.device, args.n, args.r, args.t, args.dawn_lib
-        ),
-        "llama-bench +webgpu": lambda: run_llama_bench(
-            exe, path, args.device, args.n, args.r, args.t, args.dawn_lib, load_webgpu=True
-        ),
+        "llama-bench": lambda: bench(args.dawn_lib),
+        "llama-bench +webgpu": lambda: bench(args.dawn_lib, load_webgpu=True),
         "ours": lambda: run_ours_process(args, path, without_webgpu=False),
         "ours -webgpu": lambda: run_ours_process(args, path, without_webgpu=True),
     }
