@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from llama_webgpu.errors import ContextFullError
@@ -267,7 +268,14 @@ def test_prompt_cache_reuse_evaluates_only_the_new_part(model, monkeypatch):
             evaluated.append(len(tokens))
             return real_eval(tokens, **kw)
 
+        real_step = c._step_greedy  # a plain greedy generation evaluates its tokens here
+
+        def counting_step(token, sampler):
+            evaluated.append(1)
+            return real_step(token, sampler)
+
         monkeypatch.setattr(c, "eval", counting_eval)
+        monkeypatch.setattr(c, "_step_greedy", counting_step)
         first = CAPITAL
         generate(c, first, max_tokens=3, temperature=0)
         assert evaluated[0] == len(encode(model, first))
@@ -350,3 +358,33 @@ def test_cpu_worker_threads_give_the_same_tokens_and_end_with_the_context(model,
         out = generate(c, CAPITAL, max_tokens=len(greedy_capital.tokens), temperature=0)
     assert out.tokens == greedy_capital.tokens
     assert _os_threads() == before
+
+
+@pytest.mark.parametrize("bias", ["none", "ban the greedy tokens"])
+def test_plain_greedy_generation_picks_the_argmax_of_each_steps_logits(model, bias):
+    """A greedy generation with at most a logit bias decodes and picks in one C call per token
+    (lw_decode_greedy); the same tokens come from evaluating one token at a time and taking
+    numpy's argmax of the logits, and the context ends in the same state."""
+    prompt = encode(model, CAPITAL)
+    with model.context(n_ctx=128, n_threads=THREADS) as c:
+        ban = {}
+        if bias != "none":  # the first tokens it would pick unbiased, so bias changes them
+            ban = {t: -math.inf for t in generate(c, prompt, max_tokens=4, temperature=0).tokens}
+        out = generate(c, prompt, max_tokens=12, temperature=0, logit_bias=ban)
+        fused_state = (list(c.tokens), c.logits())
+        assert not set(out.tokens) & set(ban)
+        n = len(out.tokens)  # 12, or fewer up to an end-of-generation token
+        assert n >= 4
+        c.reset()
+        c.eval(prompt)
+        expected = []
+        for _ in range(n):
+            logits = c.logits()
+            for t, b in ban.items():
+                logits[t] += b
+            expected.append(int(np.argmax(logits)))
+            if len(expected) < n:
+                c.eval([expected[-1]])
+        assert out.tokens == expected
+        assert c.tokens == fused_state[0] == prompt + expected[:-1]
+        np.testing.assert_array_equal(c.logits(), fused_state[1])

@@ -346,3 +346,33 @@ def test_biased_argmax_without_copy_equals_argmax_of_the_biased_copy():
         biased[ids] += biases
         want = int(np.argmax(biased))
         assert _biased_argmax(logits, int(np.argmax(logits)), ids, biases) == want, case
+
+
+def _first_max(values: np.ndarray) -> int:
+    from llama_webgpu._native import ffi, lib
+
+    values = np.ascontiguousarray(values, np.float32)
+    return int(lib.lw_first_max(ffi.from_buffer("float[]", values), len(values)))
+
+
+@pytest.mark.parametrize("n", [1, 5, 63, 64, 65, 128, 1000, 49152, 49153])
+def test_c_first_max_is_numpys_argmax_first_maximum(n):
+    rng = np.random.default_rng(n)
+    for where in ("random", "start", "end", "tie"):
+        x = rng.standard_normal(n).astype(np.float32)
+        top = {"random": int(rng.integers(n)), "start": 0, "end": n - 1, "tie": n // 2}[where]
+        x[top] = 100.0
+        if where == "tie" and n > 2:
+            x[n - 1] = 100.0  # a later equal maximum never wins
+        assert _first_max(x) == int(np.argmax(x)) == top, where
+
+
+def test_c_first_max_treats_nan_and_infinities_as_llama_greedy_does():
+    x = np.full(200, -np.inf, np.float32)
+    assert _first_max(x) == 0  # nothing above the first: index 0
+    x[150] = np.inf
+    assert _first_max(x) == 150
+    x[70] = np.nan  # never greater than anything
+    assert _first_max(x) == 150
+    x[0] = np.nan  # a NaN first: nothing compares greater, so 0 (llama.cpp's greedy too)
+    assert _first_max(x) == 0

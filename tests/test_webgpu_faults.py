@@ -34,19 +34,27 @@ try:
     tokens = gpu.tokenizer.encode(prompt)
     # a wait on the GPU first happens while the context is set up, or at the first eval
     ctx = gpu.context(n_ctx=128, n_batch=32, n_threads=1)
+    reg = lib.ggml_backend_reg_by_name(b"WebGPU")
+    fn = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_webgpu_destroy_device")
+    destroy = lambda: ffi.cast("void (*)(ggml_backend_reg_t)", fn)(reg)
     if fault == "lost":
         ctx.eval(tokens[:2])  # the device works before it is lost
         out["before"] = "ok"
-        reg = lib.ggml_backend_reg_by_name(b"WebGPU")
-        fn = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_webgpu_destroy_device")
-        ffi.cast("void (*)(ggml_backend_reg_t)", fn)(reg)
+        destroy()
+    if fault == "lost while generating":  # greedy: each step decodes and picks in one C call
+        out["generated"] = []
+        for r in lw.stream_generate(ctx, tokens, max_tokens=n, temperature=0):
+            out["generated"].append(r.token)
+            if len(out["generated"]) == 2:
+                destroy()
     if fault == "lost":
         try:  # the KV cache cannot be read back: no garbage state
             ctx.save_state()
             out["save_state"] = None
         except lw.LlamaError as e:
             out["save_state"] = type(e).__name__
-    ctx.eval(tokens[2:] if fault == "lost" else tokens)
+    if fault != "lost while generating":
+        ctx.eval(tokens[2:] if fault == "lost" else tokens)
     out["error"] = None
 except lw.LlamaError as e:
     out["error"] = [type(e).__name__, str(e), isinstance(e, lw.DecodeError),
@@ -104,6 +112,18 @@ def test_a_lost_device_raises_and_the_cpu_still_generates(webgpu_device, cpu_tex
     assert "WebGPU device cannot be used" in message and "destroyed" in message, message
     assert out["reload"] is not None and "the device cannot be used" in out["reload"][1]
     assert out["auto"] == "CPU"
+    assert out["cpu_text"] == cpu_text and cpu_text
+
+
+@pytest.mark.webgpu
+@pytest.mark.model
+def test_a_device_lost_during_a_greedy_generation_raises(webgpu_device, cpu_text):
+    out = run_child("lost while generating")
+    print(json.dumps(out, indent=1))
+    assert len(out["generated"]) == 2  # the step after the loss raised
+    name, message, is_decode, _ = out["error"]
+    assert name == "DeviceLostError" and is_decode
+    assert "WebGPU device cannot be used" in message and "destroyed" in message, message
     assert out["cpu_text"] == cpu_text and cpu_text
 
 

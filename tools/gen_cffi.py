@@ -672,6 +672,103 @@ static int32_t lw_biased_best(const float *logits, int32_t n, int32_t best,
     }
     return pick;
 }
+
+/* The first maximum of x[0..n) (n > 0), as llama.cpp's greedy sampler picks it: index 0 unless
+   a later value is greater (NaN never is).  The maxima of 64-value blocks are found 16 lanes
+   at a time (GCC/Clang vector extensions; plain C elsewhere), then the first block that holds
+   the largest is searched for its first position. */
+#if defined(__GNUC__) || defined(__clang__)
+typedef float lw_f4 __attribute__((vector_size(16)));
+typedef int32_t lw_i4 __attribute__((vector_size(16)));
+static lw_f4 lw_f4_max(lw_f4 m, const float *p)
+{
+    lw_f4 v;
+    memcpy(&v, p, sizeof v);
+    lw_i4 gt = v > m;
+    return (lw_f4)(((lw_i4)v & gt) | ((lw_i4)m & ~gt));
+}
+#endif
+
+static float lw_block_max(const float *x, int32_t n)
+{
+    float m = -INFINITY;
+    int32_t i = 0;
+#if defined(__GNUC__) || defined(__clang__)
+    if (n == 64) {
+        lw_f4 a = {m, m, m, m}, b = a, c = a, d = a;
+        for (; i < 64; i += 16) {
+            a = lw_f4_max(a, x + i);
+            b = lw_f4_max(b, x + i + 4);
+            c = lw_f4_max(c, x + i + 8);
+            d = lw_f4_max(d, x + i + 12);
+        }
+        for (int k = 0; k < 4; k++) {
+            m = a[k] > m ? a[k] : m;
+            m = b[k] > m ? b[k] : m;
+            m = c[k] > m ? c[k] : m;
+            m = d[k] > m ? d[k] : m;
+        }
+    }
+#endif
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static int32_t lw_first_max(const float *x, int32_t n)
+{
+    float top = x[0];
+    int32_t block = 0;
+    for (int32_t b = 0; b < n; b += 64) {
+        float m = lw_block_max(x + b, n - b < 64 ? n - b : 64);
+        if (m > top) {
+            top = m;
+            block = b;
+        }
+    }
+    for (int32_t i = block; i < n; i++) {
+        if (x[i] == top)
+            return i;
+    }
+    return 0; /* top is x[0] and NaN */
+}
+
+/* One step of a plain greedy generation (generate._steps): evaluate token at pos in sequence 0
+   (batch has room for it, its sequence fields already set), then choose the next token from its
+   logits as a logit bias (ids/biases, see lw_biased_best) and greedy would, record it in chain
+   (as llama_sampler_sample does) and store it in *out.  One call instead of a dozen Python
+   lines and calls each token, whose cold caches after a decode cost 100-300 us.  Returns 0,
+   llama_decode's nonzero result, LW_STEP_DEVICE_FAULT when fault(reg) (ggml-webgpu's device
+   check, NULL without WebGPU) reports the device lost after a decode that returned 0, or
+   LW_STEP_NO_LOGITS. */
+#define LW_STEP_DEVICE_FAULT (-1000)
+#define LW_STEP_NO_LOGITS (-1001)
+static int32_t lw_decode_greedy(struct llama_context *ctx, struct llama_batch *batch,
+                                llama_token token, llama_pos pos, int32_t n_vocab,
+                                const int32_t *ids, const float *biases, int32_t nb,
+                                struct llama_sampler *chain,
+                                const char *(*fault)(ggml_backend_reg_t), ggml_backend_reg_t reg,
+                                llama_token *out)
+{
+    batch->n_tokens = 1;
+    batch->token[0] = token;
+    batch->pos[0] = pos;
+    batch->logits[0] = 1;
+    int32_t rc = llama_decode(ctx, *batch);
+    if (rc != 0)
+        return rc;
+    if (fault != NULL && fault(reg) != NULL)
+        return LW_STEP_DEVICE_FAULT;
+    const float *logits = llama_get_logits_ith(ctx, -1);
+    if (logits == NULL)
+        return LW_STEP_NO_LOGITS;
+    llama_token best = lw_first_max(logits, n_vocab);
+    if (nb > 0)
+        best = lw_biased_best(logits, n_vocab, best, ids, biases, nb);
+    llama_sampler_accept(chain, best);
+    *out = best;
+    return 0;
+}
 """
 
 
@@ -682,7 +779,8 @@ def emit_c_source(cdef: str, module: str, procs_header: str | None = None) -> st
         ffi.cdef(cdef)
     except _CFFI_ERRORS as exc:
         raise GenError(f"cffi rejects the final cdef: {exc}") from exc
-    includes = [f'#include "{h}"' for h in HEADERS]
+    includes = ["#include <math.h>", "#include <string.h>"]  # C_HELPERS: INFINITY, memcpy
+    includes += [f'#include "{h}"' for h in HEADERS]
     if procs_header:
         includes.append(f'#include "{os.path.basename(procs_header)}"')
     checks = _type_checks(ffi, cdef)

@@ -168,38 +168,46 @@ def webgpu_unavailable() -> str | None:
     return _webgpu_unavailable
 
 
-def _webgpu_text_function(name: bytes) -> Any:
-    """A `const char *f(ggml_backend_reg_t)` that ggml-webgpu exports through get_proc_address
-    (our patches add them), bound to its registry; None without WebGPU or that function."""
+def _webgpu_text_proc(name: bytes) -> tuple[Any, Any] | None:
+    """(function, registry) of a `const char *f(ggml_backend_reg_t)` that ggml-webgpu exports
+    through get_proc_address (our patches add them); None without WebGPU or that function."""
     reg = lib.ggml_backend_reg_by_name(WEBGPU_REG_NAME.encode())
     if reg == ffi.NULL:
         return None
     fn = lib.ggml_backend_reg_get_proc_address(reg, name)
     if fn == ffi.NULL:
         return None
-    typed = ffi.cast("const char *(*)(ggml_backend_reg_t)", fn)
-    return lambda: typed(reg)
+    return ffi.cast("const char *(*)(ggml_backend_reg_t)", fn), reg
 
 
-_device_fault_fn: Any = None
+_fault_check: tuple[Any, Any] | None = None
+
+
+def webgpu_fault_check() -> tuple[Any, Any]:
+    """ggml-webgpu's device check (patches/0009) as (function, registry), for C code to call
+    (lw_decode_greedy); two NULLs when there is none (no WebGPU backend loaded)."""
+    global _fault_check
+    if _fault_check is None:
+        _fault_check = _webgpu_text_proc(b"ggml_backend_webgpu_device_fault")
+        if _fault_check is None:
+            return ffi.NULL, ffi.NULL
+    return _fault_check
 
 
 def webgpu_device_fault() -> str | None:
     """Why the WebGPU device can no longer be used (lost, a failed or timed-out wait; patches/0009),
     or None while it can (or when there is no WebGPU backend)."""
-    global _device_fault_fn
-    if _device_fault_fn is None:
-        _device_fault_fn = _webgpu_text_function(b"ggml_backend_webgpu_device_fault")
-        if _device_fault_fn is None:
-            return None
-    reason = _device_fault_fn()
+    fn, reg = webgpu_fault_check()
+    if fn == ffi.NULL:
+        return None
+    reason = fn(reg)
     return None if reason == ffi.NULL else c_str(reason)
 
 
 def webgpu_adapter_info() -> dict | None:
     """What ggml-webgpu found when it probed Dawn for an adapter (patches/0003), or None."""
-    fn = _webgpu_text_function(b"ggml_backend_webgpu_adapter_info")
-    text = c_str(fn()) if fn is not None else None
+    proc = _webgpu_text_proc(b"ggml_backend_webgpu_adapter_info")
+    text = c_str(proc[0](proc[1])) if proc is not None else None
     return json.loads(text) if text else None
 
 

@@ -218,6 +218,7 @@ class Context:
         self._batch_tokens = np.frombuffer(ffi.buffer(b.token, 4 * n), np.int32)
         self._batch_pos = np.frombuffer(ffi.buffer(b.pos, 4 * n), np.int32)
         self._batch_outputs = np.frombuffer(ffi.buffer(b.logits, n), np.int8)
+        self._step_out = ffi.new("llama_token *")  # lw_decode_greedy's chosen token
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -359,7 +360,41 @@ class Context:
             self.tokens.extend(chunk)
             self._sampled_on_gpu = self._gpu_chain != ffi.NULL
             return
-        # on failure the memory may hold part of the batch: make it match self.tokens again
+        self._decode_failed(rc)
+
+    def _step_greedy(self, token: int, sampler: Sampler) -> int:
+        """eval([token]), then sampler.sample(self), in one C call (lw_decode_greedy): the
+        plain greedy loop of generate._steps. The sampler must be greedy with at most a logit
+        bias (its _fast_greedy), no GPU sampler attached; the caller holds self._lock and has
+        checked that the token fits."""
+        ids, _, ids_c, biases_c = sampler._fast_greedy  # type: ignore[misc]
+        if not self._closing:  # as in _decode
+            self._abort_flag[0] = 0
+        self._restored_logits = None
+        self._sampled_on_gpu = False
+        self._version += 1
+        if _native._recent_errors:
+            _native.take_native_errors()
+        fault, reg = _native.webgpu_fault_check() if self._on_webgpu else (ffi.NULL, ffi.NULL)
+        out = self._step_out
+        with sampler._lock:
+            sampler._check_open()
+            rc = lib.lw_decode_greedy(
+                self.ptr, self._batch, token, len(self.tokens), self.n_vocab,
+                ids_c, biases_c, len(ids), sampler._chain, fault, reg, out,
+            )  # fmt: skip
+        if rc != 0:
+            if rc == lib.LW_STEP_NO_LOGITS:
+                self.tokens.append(token)
+                raise _native.fail(LlamaError, "no logits after the decode")
+            self._decode_failed(rc if rc != lib.LW_STEP_DEVICE_FAULT else 0)
+        self.tokens.append(token)
+        return int(out[0])
+
+    def _decode_failed(self, rc: int) -> None:
+        """Raise for a llama_decode that returned rc (0: the device failed afterwards), after
+        dropping from the memory whatever part of the batch it holds."""
+        ctx_ptr = self.ptr
         lib.llama_memory_seq_rm(lib.llama_get_memory(ctx_ptr), 0, len(self.tokens), -1)
         self._check_device()
         if rc == 1:

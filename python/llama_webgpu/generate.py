@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._native import ffi
 from .errors import ClosedError, ContextError, ContextFullError
 from .sampling import LogitsProcessor, Sampler, SamplingParams, make_sampler, token_logprobs
 
@@ -154,25 +155,36 @@ def _steps(
                 ctx._attach_gpu_sampler(sampler)
             ctx.prefill(prompt)
             version = ctx._version
+            # plain greedy, picked on the host: each later step decodes and picks in one C call
+            fused = (
+                not processors
+                and not logprobs
+                and sampler._fast_greedy is not None
+                and ctx._gpu_chain == ffi.NULL
+            )
         n = 0
+        token = -1
+        raw = None
         while True:
             with ctx._lock:
                 _check_unchanged(ctx, version)
-                raw = ctx.logits() if logprobs else None
-                token = sampler.sample(ctx, processors)
-                version = ctx._version  # reading back GPU-sampled logits evaluates again
+                if fused and n > 0:
+                    token = ctx._step_greedy(token, sampler)
+                    version = ctx._version
+                else:
+                    if n > 0:
+                        ctx.eval([token])
+                    raw = ctx.logits() if logprobs else None
+                    token = sampler.sample(ctx, processors)
+                    version = ctx._version  # reading back GPU-sampled logits evaluates again
             n += 1
-            if raw is None:
+            if not logprobs:
                 yield token, None, None
             else:
                 lp, top = token_logprobs(raw, token, logprobs)
                 yield token, lp, top
             if (max_tokens is not None and n >= max_tokens) or len(ctx.tokens) >= ctx.n_ctx:
                 return
-            with ctx._lock:
-                _check_unchanged(ctx, version)
-                ctx.eval([token])
-                version = ctx._version
     finally:
         with ctx._lock:
             ctx._detach_gpu_sampler(sampler)
@@ -357,10 +369,12 @@ def _stream(
                 if n + 1 >= limit:
                     finish = "length"
                     pending += detok.finalize()
-            cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
+            cut = -1
+            if stops:
+                cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
             if cut >= 0:
                 text, pending, finish = pending[:cut], "", "stop"
-            elif finish is not None:
+            elif finish is not None or not stops:
                 text, pending = pending, ""
             else:
                 keep = held_back(pending, stops)

@@ -183,7 +183,10 @@ class Tokenizer:
 
     def decode_bytes(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
         """The bytes of a token sequence; special=True renders special tokens as text."""
-        ids = self.check_tokens(tokens)
+        return self._decode_checked(self.check_tokens(tokens), special)
+
+    def _decode_checked(self, ids: list[int], special: bool) -> bytes:
+        """decode_bytes of ids already checked (the streaming detokenizer's window, each token)."""
         if not ids:
             return b""
         arr = ffi.new("llama_token[]", ids)
@@ -237,7 +240,7 @@ class StreamingDetokenizer:
         """The text that token completes ("" while a character is incomplete)."""
         token = self.tokenizer.check_token(token)
         self.tokens.append(token)
-        raw = self.tokenizer.decode_bytes(self.tokens[self._start :], special=self.special)
+        raw = self.tokenizer._decode_checked(self.tokens[self._start :], self.special)
         if not raw.startswith(self._raw[: self._emitted]):
             # the earlier text changed (rare; tokenizer-dependent cleanups): emit only new bytes
             common = 0
@@ -254,7 +257,7 @@ class StreamingDetokenizer:
             # window later, at the same place in the text
             self._start = len(self.tokens) - self.CONTEXT_TOKENS
             window = self.tokens[self._start :]
-            self._raw = self.tokenizer.decode_bytes(window, special=self.special)
+            self._raw = self.tokenizer._decode_checked(window, self.special)
             self._emitted = len(self._raw)
         return segment
 
