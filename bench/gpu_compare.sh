@@ -26,6 +26,8 @@
 #                                       (same carry as setup)
 #   bash bench/gpu_compare.sh mm-perf   test-backend-ops perf of MUL_MAT at n = 512 (prefill) per weight
 #                                       type, with each carried build (TYPES="q4_0|q4_K" picks)
+#   bash bench/gpu_compare.sh mm-shapes one MUL_MAT per matrix shape of the 8B- and 1B-shape layers at
+#                                       n = 512 (bench/mm_shapes.cpp), with each carried build
 #   bash bench/gpu_compare.sh sections      where a decode step's host time goes (webgpu_variants.sh's
 #                                       sections-all build), and GPU time per shader where a
 #                                       variants/gpuprof build is carried  (same carry as setup)
@@ -169,6 +171,23 @@ mm-perf)
             -o MUL_MAT -p "type_a=(${TYPES:-f16|q4_0|q4_K|q6_K|q8_0}),type_b=f32,m=4096,n=512,k=14336" 2>&1 \
             | grep -E "MUL_MAT" || true
     done 2>&1 | tee -a "$OUT/mm-perf.txt"
+    ;;
+mm-shapes)
+    # one MUL_MAT per shape at n = 512 (bench/mm_shapes.cpp) with each carried build: the matrices
+    # of an 8B-shape layer (q4_0) and of a 1B-shape layer (q4_K, and q6_K as Q4_K_M has it)
+    vulkan_env
+    sync_variants
+    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+    for v in ${VARIANTS:-$(ls $S/variants)}; do
+        echo "== $v"
+        (   # a variant's optional env file sets run-time switches (e.g. GGML_WEBGPU_MUL_MAT_SPLIT_K=0)
+            [ -f $S/variants/$v/env ] && set -a && . $S/variants/$v/env && set +a
+            export GGML_BACKEND_PATH=$S/variants/$v/libggml-webgpu.so
+            timeout 200 $T/bin/mm_shapes q4_0 "${N:-512}" 4096,4096 1024,4096 14336,4096 4096,14336 2>&1 | grep -E "^ "
+            timeout 200 $T/bin/mm_shapes q4_K "${N:-512}" 2048,2048 512,2048 8192,2048 2048,8192 2>&1 | grep -E "^ "
+            timeout 200 $T/bin/mm_shapes q6_K "${N:-512}" 512,2048 2048,8192 2>&1 | grep -E "^ "
+        )
+    done 2>&1 | tee -a "$OUT/mm-shapes.txt"
     ;;
 sections)
     vulkan_env

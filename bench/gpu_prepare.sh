@@ -3,7 +3,8 @@
 # machine, which reaches no registry and takes at most 64 MiB per call:
 #   .devcarry/wheels     cp312 wheels its Python lacks (cffi, pycparser, wgpudawn)
 #   .devcarry/pkg        our wheel (abi3)
-#   .devcarry/tools.tar.xz   llama-bench, llama-quantize, test-backend-ops and their libraries
+#   .devcarry/tools.tar.xz   llama-bench, llama-quantize, test-backend-ops, bench/mm_shapes.cpp and
+#                        their libraries
 #   .devcarry/m1, m2     the default model in two halves (+ its sha256, + Gemma-3-270M's head:
 #                        metadata and tensor table, completed with random weights there)
 #   .devcarry/src        the vendored llama.cpp tree, for the CUDA and Vulkan builds there
@@ -21,9 +22,11 @@ pip download -q --only-binary :all: --python-version 3.12 --implementation cp --
 pip wheel -q --no-build-isolation --no-deps -w $D/pkg .
 build=$(dirname "$(ls build/*/CMakeCache.txt | tail -1)")
 cmake --build "$build" --target llama-bench llama-quantize test-backend-ops
+g++ -O2 -std=c++17 -Ivendor/llama.cpp/ggml/include bench/mm_shapes.cpp -o "$build/bin/mm_shapes" \
+    -L"$build/bin" -lggml -lggml-base -Wl,-rpath,'$ORIGIN'
 dawn=$(python -c "import importlib.util as u, pathlib; print(pathlib.Path(u.find_spec('rillfacet').origin).parent / 'libwebgpu_dawn.so')")
 cp "$build/libllama_webgpu_procs.so" "$build/bin/"  # the C tools' Dawn loader, beside them
-tar -cJf $D/tools.tar.xz -C "$build" bin/llama-bench bin/llama-quantize bin/test-backend-ops \
+tar -cJf $D/tools.tar.xz -C "$build" bin/llama-bench bin/llama-quantize bin/test-backend-ops bin/mm_shapes \
     $(cd "$build" && ls bin/*.so*) -C "$(dirname "$dawn")" libwebgpu_dawn.so
 model=$(python -c "import llama_webgpu as lw; print(lw.model_path())")
 if [ ! -f $D/m2/part01 ] || [ "$model" -nt $D/m2/part01 ]; then
