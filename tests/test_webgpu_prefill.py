@@ -1,10 +1,11 @@
 """Flash attention over many queries on WebGPU gives the CPU's results.
 
-The kernel goes KV tile by KV tile; patches/0029 skips the tiles whose mask is -inf for every row
-of the query tile (the upper triangle of a causal mask). A prompt longer than two KV tiles (64
-positions on lavapipe's tile kernel, 4 query rows a workgroup) has such tiles; but in a causal
-mask a tile's first row and first column decide whether it is hidden, so the op itself is also run
-through ggml with masks where single cells anywhere in a tile keep it, against the CPU backend.
+The tile kernel (GPUs without subgroup matrices, lavapipe among them) goes KV tile by KV tile;
+patches/0029 skips the tiles whose mask is -inf for every row of the query tile (the upper
+triangle of a causal mask). A prompt longer than two KV tiles (64 positions there, 4 query rows a
+workgroup) has such tiles; but in a causal mask a tile's first row and first column decide whether
+it is hidden, so the op itself is also run through ggml with masks where single cells anywhere in
+a tile keep it, against the CPU backend.
 """
 
 from __future__ import annotations
