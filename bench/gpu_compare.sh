@@ -52,6 +52,12 @@ sync_variants() {  # the libggml-webgpu.so builds carried by this call
     rm -rf $S/variants && cp -r .devcarry/variants $S/variants
 }
 
+variants_env() {  # the GPU, the carried builds, and the C tools' libraries and Dawn
+    vulkan_env
+    sync_variants
+    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+}
+
 wait_builds() {  # at most 9 minutes, for the CUDA and Vulkan builds started by part1
     for _ in $(seq 100); do
         pgrep -f "gpu_compare.sh build" >/dev/null || break
@@ -162,9 +168,7 @@ ops)
     ;;
 mm-perf)
     # the prefill mat-mul (n = 512) per weight type, with each carried build (TYPES picks types)
-    vulkan_env
-    sync_variants
-    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+    variants_env
     for v in ${VARIANTS:-$(ls $S/variants)}; do
         echo "== $v"
         GGML_BACKEND_PATH=$S/variants/$v/libggml-webgpu.so timeout 200 $T/bin/test-backend-ops perf -b WebGPU \
@@ -175,9 +179,7 @@ mm-perf)
 mm-shapes)
     # one MUL_MAT per shape at n = 512 (bench/mm_shapes.cpp) with each carried build: the matrices
     # of an 8B-shape layer (q4_0) and of a 1B-shape layer (q4_K, and q6_K as Q4_K_M has it)
-    vulkan_env
-    sync_variants
-    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+    variants_env
     for v in ${VARIANTS:-$(ls $S/variants)}; do
         echo "== $v"
         (   # a variant's optional env file sets run-time switches (e.g. GGML_WEBGPU_MUL_MAT_SPLIT_K=0)
@@ -190,9 +192,7 @@ mm-shapes)
     done 2>&1 | tee -a "$OUT/mm-shapes.txt"
     ;;
 sections)
-    vulkan_env
-    sync_variants
-    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+    variants_env
     for m in $(models | sed 's/^--model //'); do
         echo "== ${m%%=*}"
         GGML_BACKEND_PATH=$S/variants/sections-all/libggml-webgpu.so $T/bin/llama-bench -m "${m#*=}" \
@@ -204,9 +204,7 @@ sections)
     done 2>&1 | tee "$OUT/sections.txt"
     ;;
 sweep)
-    vulkan_env
-    sync_variants
-    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+    variants_env
     for m in $(models | sed 's/^--model //'); do
         for v in ${VARIANTS:-$(ls $S/variants)}; do
             printf "%-12s %-14s " "$v" "${m%%=*}"

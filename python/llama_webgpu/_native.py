@@ -80,6 +80,11 @@ def take_native_errors() -> str:
     return text
 
 
+def drop_native_errors() -> None:
+    """Forget what llama.cpp logged so far (cheaper than take_native_errors on a hot path)."""
+    _recent_errors.clear()
+
+
 def fail(exc_type: type[LlamaError], message: str) -> LlamaError:
     """An exception of exc_type carrying message plus what the native side logged about it."""
     native = take_native_errors()

@@ -345,12 +345,7 @@ class Context:
         self._batch_outputs[:n] = 1 if all_outputs else 0
         if last:
             self._batch_outputs[n - 1] = 1
-        if not self._closing:  # close() sets the flag to stop this decode: keep it then
-            self._abort_flag[0] = 0
-        self._restored_logits = None
-        self._sampled_on_gpu = False
-        self._version += 1
-        _native.take_native_errors()
+        self._before_decode()
         # A Ctrl-C arriving meanwhile is raised by Python once this call returns (prompts are
         # evaluated n_batch tokens per call, so that is soon); the state stays consistent.
         rc = lib.llama_decode(ctx_ptr, self._batch[0])
@@ -368,13 +363,7 @@ class Context:
         bias (its _fast_greedy), no GPU sampler attached; the caller holds self._lock and has
         checked that the token fits."""
         ids, _, ids_c, biases_c = sampler._fast_greedy  # type: ignore[misc]
-        if not self._closing:  # as in _decode
-            self._abort_flag[0] = 0
-        self._restored_logits = None
-        self._sampled_on_gpu = False
-        self._version += 1
-        if _native._recent_errors:
-            _native.take_native_errors()
+        self._before_decode()
         fault, reg = _native.webgpu_fault_check() if self._on_webgpu else (ffi.NULL, ffi.NULL)
         out = self._step_out
         with sampler._lock:
@@ -390,6 +379,18 @@ class Context:
             self._decode_failed(rc if rc != lib.LW_STEP_DEVICE_FAULT else 0)
         self.tokens.append(token)
         return int(out[0])
+
+    def _before_decode(self) -> None:
+        """What each llama_decode starts with (the caller holds self._lock): the abort flag
+        lowered (unless close() raised it to stop this decode), the last logits no longer
+        restored or sampled on the GPU, the state's version advanced, earlier native errors
+        dropped (a failure's message then carries only its own)."""
+        if not self._closing:
+            self._abort_flag[0] = 0
+        self._restored_logits = None
+        self._sampled_on_gpu = False
+        self._version += 1
+        _native.drop_native_errors()
 
     def _decode_failed(self, rc: int) -> None:
         """Raise for a llama_decode that returned rc (0: the device failed afterwards), after
