@@ -268,14 +268,14 @@ def test_prompt_cache_reuse_evaluates_only_the_new_part(model, monkeypatch):
             evaluated.append(len(tokens))
             return real_eval(tokens, **kw)
 
-        real_step = c._step_greedy  # a plain greedy generation evaluates its tokens here
+        real_step = c._step  # a generation evaluates its tokens here, after the prompt
 
         def counting_step(token, sampler):
             evaluated.append(1)
             return real_step(token, sampler)
 
         monkeypatch.setattr(c, "eval", counting_eval)
-        monkeypatch.setattr(c, "_step_greedy", counting_step)
+        monkeypatch.setattr(c, "_step", counting_step)
         first = CAPITAL
         generate(c, first, max_tokens=3, temperature=0)
         assert evaluated[0] == len(encode(model, first))
@@ -388,3 +388,29 @@ def test_plain_greedy_generation_picks_the_argmax_of_each_steps_logits(model, bi
         assert out.tokens == expected
         assert c.tokens == fused_state[0] == prompt + expected[:-1]
         np.testing.assert_array_equal(c.logits(), fused_state[1])
+
+
+def test_sampled_generation_picks_what_the_sampler_picks_step_by_step(model):
+    """A generation sampling with temperature, top-k/top-p and a repetition penalty decodes and
+    samples in one C call per token (lw_decode_sample); evaluating token by token and calling
+    Sampler.sample with the same seed gives the same tokens and leaves the same context."""
+    prompt = encode(model, CAPITAL)
+    opts = dict(temperature=0.9, top_k=40, top_p=0.95, repeat_penalty=1.1, seed=7)
+    with model.context(n_ctx=128, n_threads=THREADS) as c:
+        out = generate(c, prompt, max_tokens=16, **opts)
+        fused_tokens, fused_logits = list(c.tokens), c.logits()
+        n = len(out.tokens)
+        assert n >= 4
+        c.reset()
+        c.eval(prompt)
+        with make_sampler(model, **opts) as s:
+            s.feed_prompt(prompt)
+            expected = []
+            for _ in range(n):
+                expected.append(s.sample(c))
+                if len(expected) < n:
+                    c.eval([expected[-1]])
+        assert out.tokens == expected
+        assert len(set(expected)) > 2  # it sampled, not a constant
+        assert c.tokens == fused_tokens == prompt + expected[:-1]
+        np.testing.assert_array_equal(c.logits(), fused_logits)

@@ -733,22 +733,18 @@ static int32_t lw_first_max(const float *x, int32_t n)
     return 0; /* top is x[0] and NaN */
 }
 
-/* One step of a plain greedy generation (generate._steps): evaluate token at pos in sequence 0
-   (batch has room for it, its sequence fields already set), then choose the next token from its
-   logits as a logit bias (ids/biases, see lw_biased_best) and greedy would, record it in chain
-   (as llama_sampler_sample does) and store it in *out.  One call instead of a dozen Python
-   lines and calls each token, whose cold caches after a decode cost 100-300 us.  Returns 0,
-   llama_decode's nonzero result, LW_STEP_DEVICE_FAULT when fault(reg) (ggml-webgpu's device
-   check, NULL without WebGPU) reports the device lost after a decode that returned 0, or
-   LW_STEP_NO_LOGITS. */
+/* One step of a generation (generate._steps): evaluate token at pos in sequence 0 (batch has
+   room for it, its sequence fields already set) and check that ggml-webgpu's device is still
+   usable (fault(reg); NULL without WebGPU).  One call instead of a dozen Python lines and calls
+   each token, whose cold caches after a decode cost 100-300 us.  Returns 0, llama_decode's
+   nonzero result, or LW_STEP_DEVICE_FAULT when the device was lost after a decode that
+   returned 0. */
 #define LW_STEP_DEVICE_FAULT (-1000)
 #define LW_STEP_NO_LOGITS (-1001)
-static int32_t lw_decode_greedy(struct llama_context *ctx, struct llama_batch *batch,
-                                llama_token token, llama_pos pos, int32_t n_vocab,
-                                const int32_t *ids, const float *biases, int32_t nb,
-                                struct llama_sampler *chain,
-                                const char *(*fault)(ggml_backend_reg_t), ggml_backend_reg_t reg,
-                                llama_token *out)
+#define LW_STEP_NO_TOKEN (-1002)
+static int32_t lw_decode_one(struct llama_context *ctx, struct llama_batch *batch,
+                             llama_token token, llama_pos pos,
+                             const char *(*fault)(ggml_backend_reg_t), ggml_backend_reg_t reg)
 {
     batch->n_tokens = 1;
     batch->token[0] = token;
@@ -759,6 +755,22 @@ static int32_t lw_decode_greedy(struct llama_context *ctx, struct llama_batch *b
         return rc;
     if (fault != NULL && fault(reg) != NULL)
         return LW_STEP_DEVICE_FAULT;
+    return 0;
+}
+
+/* lw_decode_one, then the next token as a logit bias (ids/biases, see lw_biased_best) and
+   greedy would choose it, recorded in chain (as llama_sampler_sample does), in *out;
+   LW_STEP_NO_LOGITS when the context kept none. */
+static int32_t lw_decode_greedy(struct llama_context *ctx, struct llama_batch *batch,
+                                llama_token token, llama_pos pos, int32_t n_vocab,
+                                const int32_t *ids, const float *biases, int32_t nb,
+                                struct llama_sampler *chain,
+                                const char *(*fault)(ggml_backend_reg_t), ggml_backend_reg_t reg,
+                                llama_token *out)
+{
+    int32_t rc = lw_decode_one(ctx, batch, token, pos, fault, reg);
+    if (rc != 0)
+        return rc;
     const float *logits = llama_get_logits_ith(ctx, -1);
     if (logits == NULL)
         return LW_STEP_NO_LOGITS;
@@ -767,6 +779,23 @@ static int32_t lw_decode_greedy(struct llama_context *ctx, struct llama_batch *b
         best = lw_biased_best(logits, n_vocab, best, ids, biases, nb);
     llama_sampler_accept(chain, best);
     *out = best;
+    return 0;
+}
+
+/* lw_decode_one, then the next token from chain (llama_sampler_sample: the chain's samplers
+   over the logits, and the choice accepted) in *out; LW_STEP_NO_TOKEN when it chose none. */
+static int32_t lw_decode_sample(struct llama_context *ctx, struct llama_batch *batch,
+                                llama_token token, llama_pos pos, struct llama_sampler *chain,
+                                const char *(*fault)(ggml_backend_reg_t), ggml_backend_reg_t reg,
+                                llama_token *out)
+{
+    int32_t rc = lw_decode_one(ctx, batch, token, pos, fault, reg);
+    if (rc != 0)
+        return rc;
+    llama_token next = llama_sampler_sample(chain, ctx, -1);
+    if (next < 0)
+        return LW_STEP_NO_TOKEN;
+    *out = next;
     return 0;
 }
 """

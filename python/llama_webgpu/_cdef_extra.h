@@ -41,9 +41,11 @@ bool lw_abort_flag(void *flag);
 /* Ours (C_HELPERS too): greedy sampling's logit bias, see the comment there. */
 int32_t lw_biased_best(const float *logits, int32_t n, int32_t best, const int32_t *ids, const float *biases, int32_t nb);
 
-/* Ours (C_HELPERS too): greedy's first maximum, and one step of a plain greedy generation
-   (decode, then choose); see there. */
+/* Ours (C_HELPERS too): greedy's first maximum, and one step of a generation (decode, then
+   choose: greedy with a logit bias, or the sampler chain); see there. */
 int32_t lw_first_max(const float *x, int32_t n);
 #define LW_STEP_DEVICE_FAULT -1000
 #define LW_STEP_NO_LOGITS -1001
+#define LW_STEP_NO_TOKEN -1002
 int32_t lw_decode_greedy(struct llama_context *ctx, struct llama_batch *batch, llama_token token, llama_pos pos, int32_t n_vocab, const int32_t *ids, const float *biases, int32_t nb, struct llama_sampler *chain, const char *(*fault)(ggml_backend_reg_t), ggml_backend_reg_t reg, llama_token *out);
+int32_t lw_decode_sample(struct llama_context *ctx, struct llama_batch *batch, llama_token token, llama_pos pos, struct llama_sampler *chain, const char *(*fault)(ggml_backend_reg_t), ggml_backend_reg_t reg, llama_token *out);

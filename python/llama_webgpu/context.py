@@ -357,25 +357,32 @@ class Context:
             return
         self._decode_failed(rc)
 
-    def _step_greedy(self, token: int, sampler: Sampler) -> int:
-        """eval([token]), then sampler.sample(self), in one C call (lw_decode_greedy): the
-        plain greedy loop of generate._steps. The sampler must be greedy with at most a logit
-        bias (its _fast_greedy), no GPU sampler attached; the caller holds self._lock and has
-        checked that the token fits."""
-        ids, _, ids_c, biases_c = sampler._fast_greedy  # type: ignore[misc]
+    def _step(self, token: int, sampler: Sampler) -> int:
+        """eval([token]), then sampler.sample(self), in one C call: lw_decode_greedy for a
+        greedy sampler with at most a logit bias (its _fast_greedy), lw_decode_sample (the
+        sampler chain) otherwise. For generate._steps: the sampler has no grammar, no GPU
+        sampler is attached, the caller holds self._lock and has checked that the token fits."""
         self._before_decode()
         fault, reg = _native.webgpu_fault_check() if self._on_webgpu else (ffi.NULL, ffi.NULL)
         out = self._step_out
+        pos = len(self.tokens)
         with sampler._lock:
             sampler._check_open()
-            rc = lib.lw_decode_greedy(
-                self.ptr, self._batch, token, len(self.tokens), self.n_vocab,
-                ids_c, biases_c, len(ids), sampler._chain, fault, reg, out,
-            )  # fmt: skip
+            greedy = sampler._fast_greedy
+            if greedy is not None:
+                ids, _, ids_c, biases_c = greedy
+                rc = lib.lw_decode_greedy(
+                    self.ptr, self._batch, token, pos, self.n_vocab,
+                    ids_c, biases_c, len(ids), sampler._chain, fault, reg, out,
+                )  # fmt: skip
+            else:
+                rc = lib.lw_decode_sample(self.ptr, self._batch, token, pos, sampler._chain,
+                                          fault, reg, out)  # fmt: skip
+        if rc in (lib.LW_STEP_NO_LOGITS, lib.LW_STEP_NO_TOKEN):
+            self.tokens.append(token)  # evaluated: only the choice failed
+            what = "nothing: no logits" if rc == lib.LW_STEP_NO_LOGITS else "no token"
+            raise _native.fail(LlamaError, f"the sampler chain chose {what}")
         if rc != 0:
-            if rc == lib.LW_STEP_NO_LOGITS:
-                self.tokens.append(token)
-                raise _native.fail(LlamaError, "no logits after the decode")
             self._decode_failed(rc if rc != lib.LW_STEP_DEVICE_FAULT else 0)
         self.tokens.append(token)
         return int(out[0])

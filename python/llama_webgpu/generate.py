@@ -155,11 +155,12 @@ def _steps(
                 ctx._attach_gpu_sampler(sampler)
             ctx.prefill(prompt)
             version = ctx._version
-            # plain greedy, picked on the host: each later step decodes and picks in one C call
+            # the sampler chain alone, on the host: each later step decodes and picks in one C
+            # call (Context._step)
             fused = (
                 not processors
                 and not logprobs
-                and sampler._fast_greedy is not None
+                and sampler._grammar == ffi.NULL
                 and ctx._gpu_chain == ffi.NULL
             )
         n = 0
@@ -169,7 +170,7 @@ def _steps(
             with ctx._lock:
                 _check_unchanged(ctx, version)
                 if fused and n > 0:
-                    token = ctx._step_greedy(token, sampler)
+                    token = ctx._step(token, sampler)
                     version = ctx._version
                 else:
                     if n > 0:
