@@ -57,18 +57,16 @@ def _flash_attn(backend, q, k, v, mask) -> np.ndarray:
     assert ctx != ffi.NULL
     buf = ffi.NULL
     try:
-        tensors = []
-        for arr, kind in ((q, lib.GGML_TYPE_F32), (k, lib.GGML_TYPE_F16), (v, lib.GGML_TYPE_F16),
-                          (mask, lib.GGML_TYPE_F16)):  # fmt: skip
-            tensors.append(lib.ggml_new_tensor_4d(ctx, kind, *reversed(arr.shape)))
+        typed = ((q, np.float32), (k, np.float16), (v, np.float16), (mask, np.float16))
+        inputs = [np.ascontiguousarray(a, t) for a, t in typed]
+        kinds = {np.dtype(np.float32): lib.GGML_TYPE_F32, np.dtype(np.float16): lib.GGML_TYPE_F16}
+        tensors = [lib.ggml_new_tensor_4d(ctx, kinds[a.dtype], *reversed(a.shape)) for a in inputs]
         out = lib.ggml_flash_attn_ext(ctx, *tensors, 1.0 / np.sqrt(q.shape[-1]), 0.0, 0.0)
         graph = lib.ggml_new_graph(ctx)
         lib.ggml_build_forward_expand(graph, out)
         buf = lib.ggml_backend_alloc_ctx_tensors(ctx, backend)
         assert buf != ffi.NULL
-        for t, arr, dtype in zip(tensors, (q, k, v, mask), (np.float32, np.float16, np.float16,
-                                                            np.float16), strict=True):  # fmt: skip
-            data = np.ascontiguousarray(arr, dtype)
+        for t, data in zip(tensors, inputs, strict=True):
             lib.ggml_backend_tensor_set(t, ffi.from_buffer(data), 0, data.nbytes)
         assert lib.ggml_backend_graph_compute(backend, graph) == lib.GGML_STATUS_SUCCESS
         res = np.empty(lib.ggml_nelements(out), np.float32)

@@ -733,6 +733,16 @@ static int32_t lw_first_max(const float *x, int32_t n)
     return 0; /* top is x[0] and NaN */
 }
 
+/* What a logit bias (ids/biases, see lw_biased_best) followed by llama.cpp's greedy sampler
+   chooses from logits[0..n): the one definition Sampler._sample_greedy and lw_decode_greedy
+   both use. */
+static int32_t lw_greedy(const float *logits, int32_t n, const int32_t *ids,
+                         const float *biases, int32_t nb)
+{
+    int32_t best = lw_first_max(logits, n);
+    return nb > 0 ? lw_biased_best(logits, n, best, ids, biases, nb) : best;
+}
+
 /* One step of a generation (generate._steps): evaluate token at pos in sequence 0 (batch has
    room for it, its sequence fields already set) and check that ggml-webgpu's device is still
    usable (fault(reg); NULL without WebGPU).  One call instead of a dozen Python lines and calls
@@ -774,9 +784,7 @@ static int32_t lw_decode_greedy(struct llama_context *ctx, struct llama_batch *b
     const float *logits = llama_get_logits_ith(ctx, -1);
     if (logits == NULL)
         return LW_STEP_NO_LOGITS;
-    llama_token best = lw_first_max(logits, n_vocab);
-    if (nb > 0)
-        best = lw_biased_best(logits, n_vocab, best, ids, biases, nb);
+    llama_token best = lw_greedy(logits, n_vocab, ids, biases, nb);
     llama_sampler_accept(chain, best);
     *out = best;
     return 0;

@@ -41,9 +41,10 @@ bool lw_abort_flag(void *flag);
 /* Ours (C_HELPERS too): greedy sampling's logit bias, see the comment there. */
 int32_t lw_biased_best(const float *logits, int32_t n, int32_t best, const int32_t *ids, const float *biases, int32_t nb);
 
-/* Ours (C_HELPERS too): greedy's first maximum, and one step of a generation (decode, then
+/* Ours (C_HELPERS too): greedy's first maximum, greedy after a logit bias, and one step of a generation (decode, then
    choose: greedy with a logit bias, or the sampler chain); see there. */
 int32_t lw_first_max(const float *x, int32_t n);
+int32_t lw_greedy(const float *logits, int32_t n, const int32_t *ids, const float *biases, int32_t nb);
 #define LW_STEP_DEVICE_FAULT -1000
 #define LW_STEP_NO_LOGITS -1001
 #define LW_STEP_NO_TOKEN -1002

@@ -190,7 +190,7 @@ _fault_check: tuple[Any, Any] | None = None
 
 def webgpu_fault_check() -> tuple[Any, Any]:
     """ggml-webgpu's device check (patches/0009) as (function, registry), for C code to call
-    (lw_decode_greedy); two NULLs when there is none (no WebGPU backend loaded)."""
+    (lw_decode_one); two NULLs when there is none (no WebGPU backend loaded)."""
     global _fault_check
     if _fault_check is None:
         _fault_check = _webgpu_text_proc(b"ggml_backend_webgpu_device_fault")

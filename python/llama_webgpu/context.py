@@ -218,7 +218,7 @@ class Context:
         self._batch_tokens = np.frombuffer(ffi.buffer(b.token, 4 * n), np.int32)
         self._batch_pos = np.frombuffer(ffi.buffer(b.pos, 4 * n), np.int32)
         self._batch_outputs = np.frombuffer(ffi.buffer(b.logits, n), np.int8)
-        self._step_out = ffi.new("llama_token *")  # lw_decode_greedy's chosen token
+        self._step_out = ffi.new("llama_token *")  # the token _step's C call chose
 
     # -- lifetime -------------------------------------------------------------------------------
 

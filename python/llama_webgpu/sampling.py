@@ -251,7 +251,7 @@ class Sampler:
         self._has_history = False  # has penalties or DRY, which want to see the prompt
         self._bias: dict[int, float] = {}  # logit bias, suppressed tokens included
         # greedy with at most a logit bias: (ids ascending, biases, and the C views of both)
-        # for numpy's argmax plus lw_biased_best
+        # for lw_greedy
         self._fast_greedy: tuple[np.ndarray, np.ndarray, Any, Any] | None = None
         self.n_vocab = model.n_vocab
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
@@ -524,16 +524,14 @@ class Sampler:
 
     def _sample_greedy(self, ctx: Context) -> int:
         """What the chain (logit bias, then greedy) would choose, without its O(n_vocab) array of
-        candidates: an argmax over the logits in place (first maximum, as llama.cpp's greedy).
-        For a 128k-262k vocabulary that array cost about 0.5 ms per token."""
+        candidates: lw_greedy over the logits in place (first maximum, as llama.cpp's greedy;
+        the same C function as each later step of a generation, lw_decode_greedy). For a
+        128k-262k vocabulary that array cost about 0.5 ms per token."""
         ptr = lib.llama_get_logits_ith(ctx.ptr, -1)
         if ptr == ffi.NULL:
             return -1
-        logits = np.frombuffer(ffi.buffer(ptr, 4 * self.n_vocab), dtype=np.float32)
         ids, _, ids_c, biases_c = self._fast_greedy
-        token = int(logits.argmax())
-        if len(ids):
-            token = lib.lw_biased_best(ptr, self.n_vocab, token, ids_c, biases_c, len(ids))
+        token = int(lib.lw_greedy(ptr, self.n_vocab, ids_c, biases_c, len(ids)))
         lib.llama_sampler_accept(self._chain, token)  # as llama_sampler_sample does
         return token
 
