@@ -28,6 +28,9 @@
 #                                       type, with each carried build (TYPES="q4_0|q4_K" picks)
 #   bash bench/gpu_compare.sh mm-shapes one MUL_MAT per matrix shape of the 8B- and 1B-shape layers at
 #                                       n = 512 (bench/mm_shapes.cpp), with each carried build
+#   bash bench/gpu_compare.sh mv-bw     the decode mat-vecs (n = 1) of each model's matrix shapes and
+#                                       weight types, weights read from memory (MM_DISTINCT_MB), GB/s,
+#                                       with each carried build
 #   bash bench/gpu_compare.sh sections      where a decode step's host time goes (webgpu_variants.sh's
 #                                       sections-all build), and GPU time per shader where a
 #                                       variants/gpuprof build is carried  (same carry as setup)
@@ -56,6 +59,34 @@ variants_env() {  # the GPU, the carried builds, and the C tools' libraries and 
     vulkan_env
     sync_variants
     export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+}
+
+with_variant() {  # with_variant NAME CMD...: CMD with that build and its env file's run-time switches
+    (
+        [ -f $S/variants/$1/env ] && set -a && . $S/variants/$1/env && set +a
+        export GGML_BACKEND_PATH=$S/variants/$1/libggml-webgpu.so
+        shift
+        "$@"
+    )
+}
+
+mm_shapes_set() {  # mm_shapes_set N "TYPE:M,K M,K ..." ...: bench/mm_shapes.cpp for each type
+    local n=$1 set
+    shift
+    for set in "$@"; do
+        # shellcheck disable=SC2086 # the shapes are words
+        timeout 200 $T/bin/mm_shapes "${set%%:*}" "$n" ${set#*:} 2>&1 | grep -E "^ " | sed "s/^/${set%%:*} /" || true
+    done
+}
+
+mv_sets() {  # the decode mat-vec shapes of the four models, by weight type (MV_TYPES picks types)
+    local all=("q4_0:4096,4096 1024,4096 14336,4096 4096,14336" "q4_1:4096,4096 4096,14336"
+        "q8_0:4096,4096 49152,576 262144,640" "q4_K:2048,2048 8192,2048 2048,8192"
+        "q6_K:2048,8192 128256,2048 128256,4096" "q5_0:1024,640 2048,640 640,2048") sets=() set
+    for set in "${all[@]}"; do
+        case " ${MV_TYPES:-${set%%:*}} " in *" ${set%%:*} "*) sets+=("$set") ;; esac
+    done
+    mm_shapes_set 1 "${sets[@]}"
 }
 
 wait_builds() {  # at most 9 minutes, for the CUDA and Vulkan builds started by part1
@@ -182,14 +213,19 @@ mm-shapes)
     variants_env
     for v in ${VARIANTS:-$(ls $S/variants)}; do
         echo "== $v"
-        (   # a variant's optional env file sets run-time switches (e.g. GGML_WEBGPU_MUL_MAT_SPLIT_K=0)
-            [ -f $S/variants/$v/env ] && set -a && . $S/variants/$v/env && set +a
-            export GGML_BACKEND_PATH=$S/variants/$v/libggml-webgpu.so
-            timeout 200 $T/bin/mm_shapes q4_0 "${N:-512}" 4096,4096 1024,4096 14336,4096 4096,14336 2>&1 | grep -E "^ "
-            timeout 200 $T/bin/mm_shapes q4_K "${N:-512}" 2048,2048 512,2048 8192,2048 2048,8192 2>&1 | grep -E "^ "
-            timeout 200 $T/bin/mm_shapes q6_K "${N:-512}" 512,2048 2048,8192 2>&1 | grep -E "^ "
-        )
+        # a variant's optional env file sets run-time switches (e.g. GGML_WEBGPU_MUL_MAT_SPLIT_K=0)
+        with_variant "$v" mm_shapes_set "${N:-512}" "q4_0:4096,4096 1024,4096 14336,4096 4096,14336" \
+            "q4_K:2048,2048 512,2048 8192,2048 2048,8192" "q6_K:512,2048 2048,8192"
     done 2>&1 | tee -a "$OUT/mm-shapes.txt"
+    ;;
+mv-bw)
+    # decode: each model's mat-vec shapes (m,k) by weight type, weights from memory, not L2
+    variants_env
+    for v in ${VARIANTS:-$(ls $S/variants)}; do
+        echo "== $v"
+        # a variant's env file may name the types to measure (MV_TYPES="q4_0 q8_0")
+        MM_DISTINCT_MB=${MB:-384} with_variant "$v" mv_sets
+    done 2>&1 | tee -a "$OUT/mv-bw.txt"
     ;;
 sections)
     variants_env
@@ -209,7 +245,7 @@ sweep)
         for v in ${VARIANTS:-$(ls $S/variants)}; do
             printf "%-12s %-14s " "$v" "${m%%=*}"
             # shellcheck disable=SC2086 # TESTS is words
-            GGML_BACKEND_PATH=$S/variants/$v/libggml-webgpu.so $T/bin/llama-bench -m "${m#*=}" ${TESTS:--p 0 -n 64} \
+            with_variant "$v" $T/bin/llama-bench -m "${m#*=}" ${TESTS:--p 0 -n 64} \
                 -r "${R:-3}" -fa 1 -ngl 99 -dev WebGPU -o csv 2>/dev/null | tail -n 1 | awk -F, '{print $(NF-1)}'
         done
     done 2>&1 | tee -a "$OUT/sweep.txt"

@@ -7,13 +7,17 @@
 // e.g. `mm_shapes q4_0 512 4096,4096 1024,4096 14336,4096 4096,14336` (an 8B layer's matrices at
 // pp512). Each shape runs as a graph of COPIES products of the same weights (random, quantized to
 // TYPE) and activations, in batches for at least a second; prints microseconds per product and
-// TFLOPS of the fastest batch and of the median one.
+// TFLOPS of the fastest batch and of the median one, and the weight bytes read per second.
+// MM_DISTINCT_MB=S gives the products weights of their own, as many copies as make S MiB, used in
+// turn (decode reads every matrix from memory once a token, while the same weights COPIES times
+// stay in the GPU's L2 cache).
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml.h"
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -38,16 +42,26 @@ static ggml_type type_by_name(const char * name) {
 }
 
 static std::pair<double, double> time_shape(ggml_backend_t backend, ggml_type type, int64_t m, int64_t n, int64_t k) {
-    ggml_init_params ip = { ggml_tensor_overhead() * (COPIES + 8) + ggml_graph_overhead(), nullptr, true };
-    ggml_context *   ctx = ggml_init(ip);
-    ggml_tensor *    a   = ggml_new_tensor_2d(ctx, type, k, m);
-    ggml_tensor *    b   = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, k, n);
-    ggml_cgraph *    gf  = ggml_new_graph(ctx);
-    for (int i = 0; i < COPIES; i++) {
-        ggml_build_forward_expand(gf, ggml_mul_mat(ctx, a, b));
+    const char *     distinct_env = getenv("MM_DISTINCT_MB");
+    const double     weight_mib   = (double) ggml_row_size(type, k) * m / (1 << 20);
+    const int distinct = distinct_env != nullptr ? std::max(1, (int) std::ceil(atof(distinct_env) / weight_mib)) : 1;
+    const int        copies       = std::max(COPIES, distinct);
+    ggml_init_params ip = { ggml_tensor_overhead() * (2 * copies + 8) + ggml_graph_overhead(), nullptr, true };
+    ggml_context *   ctx   = ggml_init(ip);
+    ggml_context *   ctx_w = ggml_init(ip);  // the weights in a buffer of their own, as a model's are
+    std::vector<ggml_tensor *> as;
+    for (int i = 0; i < distinct; i++) {
+        as.push_back(ggml_new_tensor_2d(ctx_w, type, k, m));
     }
-    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, backend);
-    if (buf == nullptr) {
+    ggml_tensor * a  = as[0];
+    ggml_tensor * b  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, k, n);
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    for (int i = 0; i < copies; i++) {
+        ggml_build_forward_expand(gf, ggml_mul_mat(ctx, as[i % distinct], b));
+    }
+    ggml_backend_buffer_t buf   = ggml_backend_alloc_ctx_tensors(ctx, backend);
+    ggml_backend_buffer_t buf_w = ggml_backend_alloc_ctx_tensors(ctx_w, backend);
+    if (buf == nullptr || buf_w == nullptr) {
         fprintf(stderr, "could not allocate %lld x %lld x %lld\n", (long long) m, (long long) n, (long long) k);
         exit(1);
     }
@@ -66,7 +80,9 @@ static std::pair<double, double> time_shape(ggml_backend_t backend, ggml_type ty
     } else {
         ggml_quantize_chunk(type, values.data(), weights.data(), 0, m, k, nullptr);
     }
-    ggml_backend_tensor_set(a, weights.data(), 0, weights.size());
+    for (ggml_tensor * w : as) {
+        ggml_backend_tensor_set(w, weights.data(), 0, weights.size());
+    }
     ggml_backend_tensor_set(b, values.data(), 0, ggml_nbytes(b));
 
     for (int i = 0; i < 3; i++) {  // pipelines, buffers, clocks
@@ -86,13 +102,15 @@ static std::pair<double, double> time_shape(ggml_backend_t backend, ggml_type ty
             }
         }
         batches.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() /
-                          BATCH / COPIES);
+                          BATCH / copies);
     }
     std::sort(batches.begin(), batches.end());
     const double best   = batches.front();
     const double median = batches[batches.size() / 2];
     ggml_backend_buffer_free(buf);
+    ggml_backend_buffer_free(buf_w);
     ggml_free(ctx);
+    ggml_free(ctx_w);
     return { best, median };
 }
 
@@ -117,8 +135,10 @@ int main(int argc, char ** argv) {
             return 2;
         }
         const auto [best, median] = time_shape(backend, type, m, n, k);
-        printf("  m %6lld  k %6lld  %9.1f us  %6.1f TFLOPS  (median batch %9.1f us, %6.1f)\n", m, k, best,
-               2.0 * m * n * k / best / 1e6, median, 2.0 * m * n * k / median / 1e6);
+        const double bytes = (double) ggml_row_size(type, k) * m;
+        printf("  m %6lld  k %6lld  %9.1f us  %6.1f TFLOPS %7.0f GB/s  (median batch %9.1f us, %6.1f, %7.0f)\n", m,
+               k, best, 2.0 * m * n * k / best / 1e6, bytes / best / 1e3, median, 2.0 * m * n * k / median / 1e6,
+               bytes / median / 1e3);
         fflush(stdout);
     }
     ggml_backend_free(backend);
