@@ -238,10 +238,10 @@ PADDED_ROWS_CASES = (
 )
 
 
-# The mat-vec cases (n = 1..8) of the weight types with an MMVQ kernel (integer dot products with the
-# vector quantized to q8), which GPUs other than AMD, Intel and NVIDIA (lavapipe among them) are not
-# given; GGML_WEBGPU_MMVQ=force (patches/0030) selects it. Rows of 1 to 128 blocks of 32 (k = 32 to
-# 4096): one workgroup takes 4 rows of the short ones (patches/0031).
+# The mat-vec cases (n = 1..8) of the weight types with an MMVQ kernel (integer dot products with
+# the vector quantized to q8), which GPUs other than AMD, Intel and NVIDIA (lavapipe among them)
+# are not given; GGML_WEBGPU_MMVQ=force (patches/0030) selects it. Rows of 1 to 128 blocks of 32
+# (k = 32 to 4096): one workgroup takes 4 rows of the short ones (patches/0031).
 MMVQ_CASES = r"^type_a=(q4_0|q4_1|q8_0|q2_K|q4_K),type_b=f32,m=\d+,n=[1-8],"
 
 

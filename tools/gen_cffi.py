@@ -674,63 +674,89 @@ static int32_t lw_biased_best(const float *logits, int32_t n, int32_t best,
 }
 
 /* The first maximum of x[0..n) (n > 0), as llama.cpp's greedy sampler picks it: index 0 unless
-   a later value is greater (NaN never is).  The maxima of 64-value blocks are found 16 lanes
-   at a time (GCC/Clang vector extensions; plain C elsewhere), then the first block that holds
-   the largest is searched for its first position. */
+   a later value is greater (NaN never is).  Two passes: the largest value (32 lanes at a time
+   with GCC/Clang vector extensions, plain C elsewhere), then its first position (the search
+   stops there).  On x86-64 with glibc each pass is also compiled for AVX2 and the loader picks
+   the one the CPU runs (262,144 logits, Gemma 3's vocabulary: 44 -> 19 us on the 2-core machine,
+   as fast as numpy's argmax). */
 #if defined(__GNUC__) || defined(__clang__)
-typedef float lw_f4 __attribute__((vector_size(16)));
-typedef int32_t lw_i4 __attribute__((vector_size(16)));
-static lw_f4 lw_f4_max(lw_f4 m, const float *p)
-{
-    lw_f4 v;
-    memcpy(&v, p, sizeof v);
-    lw_i4 gt = v > m;
-    return (lw_f4)(((lw_i4)v & gt) | ((lw_i4)m & ~gt));
-}
+#define LW_VEC8 1
+typedef float lw_f8 __attribute__((vector_size(32)));
+typedef int32_t lw_i8 __attribute__((vector_size(32)));
+#endif
+#if defined(LW_VEC8) && defined(__x86_64__) && defined(__GLIBC__)
+#define LW_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define LW_CLONES
 #endif
 
-static float lw_block_max(const float *x, int32_t n)
+#ifdef LW_VEC8
+/* macros, not functions: a function returning a 32-byte vector has another ABI with AVX */
+#define LW_F8_LOAD(v, p) memcpy(&(v), (p), sizeof(v))
+/* m's lanes replaced by v's where v's are greater (so NaN never replaces a value) */
+#define LW_F8_MAX(m, v) \
+    do { \
+        lw_i8 gt_ = (v) > (m); \
+        (m) = (lw_f8)(((lw_i8)(v) & gt_) | ((lw_i8)(m) & ~gt_)); \
+    } while (0)
+#endif
+
+/* x[0], or the largest later value that is greater than it (NaN: never) */
+LW_CLONES static float lw_max_value(const float *x, int32_t n)
 {
-    float m = -INFINITY;
+    float top = x[0];
     int32_t i = 0;
-#if defined(__GNUC__) || defined(__clang__)
-    if (n == 64) {
-        lw_f4 a = {m, m, m, m}, b = a, c = a, d = a;
-        for (; i < 64; i += 16) {
-            a = lw_f4_max(a, x + i);
-            b = lw_f4_max(b, x + i + 4);
-            c = lw_f4_max(c, x + i + 8);
-            d = lw_f4_max(d, x + i + 12);
-        }
-        for (int k = 0; k < 4; k++) {
-            m = a[k] > m ? a[k] : m;
-            m = b[k] > m ? b[k] : m;
-            m = c[k] > m ? c[k] : m;
-            m = d[k] > m ? d[k] : m;
-        }
+#ifdef LW_VEC8
+    lw_f8 a = {top, top, top, top, top, top, top, top}, b = a, c = a, d = a, v;
+    for (; i + 32 <= n; i += 32) {
+        LW_F8_LOAD(v, x + i);
+        LW_F8_MAX(a, v);
+        LW_F8_LOAD(v, x + i + 8);
+        LW_F8_MAX(b, v);
+        LW_F8_LOAD(v, x + i + 16);
+        LW_F8_MAX(c, v);
+        LW_F8_LOAD(v, x + i + 24);
+        LW_F8_MAX(d, v);
     }
+    LW_F8_MAX(a, b);
+    LW_F8_MAX(c, d);
+    LW_F8_MAX(a, c);
+    for (int k = 0; k < 8; k++)
+        top = a[k] > top ? a[k] : top;
 #endif
     for (; i < n; i++)
-        m = x[i] > m ? x[i] : m;
-    return m;
+        top = x[i] > top ? x[i] : top;
+    return top;
+}
+
+/* the first i with x[i] == top, 0 when none (top is NaN) */
+LW_CLONES static int32_t lw_first_equal(const float *x, int32_t n, float top)
+{
+    int32_t i = 0;
+#ifdef LW_VEC8
+    lw_f8 t = {top, top, top, top, top, top, top, top}, v0, v1, v2, v3;
+    for (; i + 32 <= n; i += 32) {
+        LW_F8_LOAD(v0, x + i);
+        LW_F8_LOAD(v1, x + i + 8);
+        LW_F8_LOAD(v2, x + i + 16);
+        LW_F8_LOAD(v3, x + i + 24);
+        lw_i8 eq = (v0 == t) | (v1 == t) | (v2 == t) | (v3 == t);
+        uint64_t w[4];
+        memcpy(w, &eq, sizeof w);
+        if (w[0] | w[1] | w[2] | w[3])
+            break;
+    }
+#endif
+    for (; i < n; i++) {
+        if (x[i] == top)
+            return i;
+    }
+    return 0;
 }
 
 static int32_t lw_first_max(const float *x, int32_t n)
 {
-    float top = x[0];
-    int32_t block = 0;
-    for (int32_t b = 0; b < n; b += 64) {
-        float m = lw_block_max(x + b, n - b < 64 ? n - b : 64);
-        if (m > top) {
-            top = m;
-            block = b;
-        }
-    }
-    for (int32_t i = block; i < n; i++) {
-        if (x[i] == top)
-            return i;
-    }
-    return 0; /* top is x[0] and NaN */
+    return lw_first_equal(x, n, lw_max_value(x, n));
 }
 
 /* What a logit bias (ids/biases, see lw_biased_best) followed by llama.cpp's greedy sampler
