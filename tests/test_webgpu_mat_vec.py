@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 import pytest
+from ggml_graph import run_op
 
 from llama_webgpu._native import ffi, lib
 
@@ -40,43 +41,13 @@ def mul_mat(backend, type_name: str, w: np.ndarray, x: np.ndarray) -> np.ndarray
     """ggml_mul_mat of w (m x k, quantized to type_name) and x (n x k) on backend: n x m."""
     (m, k), (n, _) = w.shape, x.shape
     wtype = getattr(lib, f"GGML_TYPE_{type_name.upper()}")
-    params = ffi.new("struct ggml_init_params *")
-    params.mem_size = 8 * lib.ggml_tensor_overhead() + lib.ggml_graph_overhead()
-    params.no_alloc = True
-    ctx = lib.ggml_init(params[0])
-    assert ctx != ffi.NULL
-    buf = ffi.NULL
-    try:
-        a = lib.ggml_new_tensor_2d(ctx, wtype, k, m)
-        b = lib.ggml_new_tensor_2d(ctx, lib.GGML_TYPE_F32, k, n)
-        out = lib.ggml_mul_mat(ctx, a, b)
-        graph = lib.ggml_new_graph(ctx)
-        lib.ggml_build_forward_expand(graph, out)
-        buf = lib.ggml_backend_alloc_ctx_tensors(ctx, backend)
-        assert buf != ffi.NULL
-        wf = np.ascontiguousarray(w, np.float32)
-        quantized = np.zeros(lib.ggml_row_size(wtype, k) * m, np.uint8)
-        written = lib.ggml_quantize_chunk(
-            wtype,
-            ffi.cast("float *", ffi.from_buffer(wf)),
-            ffi.from_buffer(quantized),
-            0,
-            m,
-            k,
-            ffi.NULL,
-        )
-        assert written == quantized.nbytes
-        xf = np.ascontiguousarray(x, np.float32)
-        lib.ggml_backend_tensor_set(a, ffi.from_buffer(quantized), 0, quantized.nbytes)
-        lib.ggml_backend_tensor_set(b, ffi.from_buffer(xf), 0, xf.nbytes)
-        assert lib.ggml_backend_graph_compute(backend, graph) == lib.GGML_STATUS_SUCCESS
-        res = np.empty((n, m), np.float32)
-        lib.ggml_backend_tensor_get(out, ffi.from_buffer(res), 0, res.nbytes)
-        return res
-    finally:
-        if buf != ffi.NULL:
-            lib.ggml_backend_buffer_free(buf)
-        lib.ggml_free(ctx)
+    wf = np.ascontiguousarray(w, np.float32)
+    quantized = np.zeros(lib.ggml_row_size(wtype, k) * m, np.uint8)
+    src = ffi.cast("float *", ffi.from_buffer(wf))
+    written = lib.ggml_quantize_chunk(wtype, src, ffi.from_buffer(quantized), 0, m, k, ffi.NULL)
+    assert written == quantized.nbytes
+    inputs = [(wtype, (k, m), quantized), (lib.GGML_TYPE_F32, (k, n), np.asarray(x, np.float32))]
+    return run_op(backend, inputs, lib.ggml_mul_mat).reshape(n, m)
 
 
 def nmse_against_cpu(cases) -> dict[str, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ggml_graph import run_op
 
 from llama_webgpu._native import ffi, lib
 from llama_webgpu.model import Model
@@ -50,32 +51,15 @@ def test_prompt_logits_at_every_position_match_the_cpu(gpu):
 
 def _flash_attn(backend, q, k, v, mask) -> np.ndarray:
     """ggml_flash_attn_ext(q, k, v, mask) on backend; arrays in ggml's order (ne0 last)."""
-    params = ffi.new("struct ggml_init_params *")
-    params.mem_size = 16 * lib.ggml_tensor_overhead() + lib.ggml_graph_overhead()
-    params.no_alloc = True
-    ctx = lib.ggml_init(params[0])
-    assert ctx != ffi.NULL
-    buf = ffi.NULL
-    try:
-        typed = ((q, np.float32), (k, np.float16), (v, np.float16), (mask, np.float16))
-        inputs = [np.ascontiguousarray(a, t) for a, t in typed]
-        kinds = {np.dtype(np.float32): lib.GGML_TYPE_F32, np.dtype(np.float16): lib.GGML_TYPE_F16}
-        tensors = [lib.ggml_new_tensor_4d(ctx, kinds[a.dtype], *reversed(a.shape)) for a in inputs]
-        out = lib.ggml_flash_attn_ext(ctx, *tensors, 1.0 / np.sqrt(q.shape[-1]), 0.0, 0.0)
-        graph = lib.ggml_new_graph(ctx)
-        lib.ggml_build_forward_expand(graph, out)
-        buf = lib.ggml_backend_alloc_ctx_tensors(ctx, backend)
-        assert buf != ffi.NULL
-        for t, data in zip(tensors, inputs, strict=True):
-            lib.ggml_backend_tensor_set(t, ffi.from_buffer(data), 0, data.nbytes)
-        assert lib.ggml_backend_graph_compute(backend, graph) == lib.GGML_STATUS_SUCCESS
-        res = np.empty(lib.ggml_nelements(out), np.float32)
-        lib.ggml_backend_tensor_get(out, ffi.from_buffer(res), 0, res.nbytes)
-        return res
-    finally:
-        if buf != ffi.NULL:
-            lib.ggml_backend_buffer_free(buf)
-        lib.ggml_free(ctx)
+    typed = ((q, np.float32, lib.GGML_TYPE_F32), (k, np.float16, lib.GGML_TYPE_F16))
+    typed += ((v, np.float16, lib.GGML_TYPE_F16), (mask, np.float16, lib.GGML_TYPE_F16))
+    inputs = [(t, tuple(reversed(a.shape)), np.asarray(a, dtype)) for a, dtype, t in typed]
+    scale = 1.0 / np.sqrt(q.shape[-1])
+
+    def build(ctx, *tensors):
+        return lib.ggml_flash_attn_ext(ctx, *tensors, scale, 0.0, 0.0)
+
+    return run_op(backend, inputs, build)
 
 
 def test_flash_attention_skips_only_kv_tiles_hidden_from_every_row(gpu):
