@@ -4,7 +4,8 @@ patches/0011-0012 keep kernel parameters in a host copy and bind groups in a cac
 bound buffers; patches/0013 sends 5-8 column products to the matrix-vector kernels; patches/0015
 reuses helper results within a graph and 0017 fuses each residual ADD into the next RMS_NORM+MUL;
 0019 computes mat-vecs of one vector (attention K and V, feed-forward gate and up with their GLU)
-in one dispatch, and 0021 a layer's two cache writes (SET_ROWS).
+in one dispatch, 0021 a layer's two cache writes (SET_ROWS), and 0032 a ROPE with the SCALE of its
+result (Gemma 3's Q).
 These tests free and reallocate tensor buffers (new contexts of other sizes, interleaved
 contexts), evaluate small batches and decode steps, and compare token ids and logits with a run
 that had nothing cached, or with the CPU.
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ggml_graph import run_op
 
+from llama_webgpu._native import ffi, lib
 from llama_webgpu.generate import generate
 from llama_webgpu.model import Model
 from llama_webgpu.models import model_path
@@ -150,3 +153,55 @@ def test_fused_dispatches_give_the_logits_of_separate_ones(gpu, monkeypatch):
             env.setenv(switch, "0")
             separate = _decode_step_logits(gpu, prompt, follow)
         np.testing.assert_array_equal(fused, separate, err_msg=f"{switch}=0")
+
+
+def test_rope_and_scale_fused_give_the_logits_of_separate_dispatches(webgpu_device, monkeypatch):
+    # patches/0032: Gemma 3 scales Q right after its ROPE; the fused dispatch multiplies each
+    # rotated value by the same scale, so the logits must be identical, not merely close
+    with Model(model_path("gemma-3-270m"), device="webgpu") as gemma:
+        prompt = gemma.tokenizer.encode(PROMPT)
+        follow = gemma.tokenizer.encode(" Paris, a city on the Seine", add_special=False)[:3]
+        fused = _decode_step_logits(gemma, prompt, follow)
+        with monkeypatch.context() as env:
+            env.setenv("GGML_WEBGPU_FUSE_ROPE_SCALE", "0")
+            separate = _decode_step_logits(gemma, prompt, follow)
+    assert np.isfinite(fused).all() and float(np.abs(fused).max()) > 1.0
+    np.testing.assert_array_equal(fused, separate)
+
+
+@pytest.mark.parametrize(
+    ("mode", "n_dims", "bias"),
+    [
+        (0, 64, 0.0),
+        (lib.GGML_ROPE_TYPE_NEOX, 64, 0.0),
+        (lib.GGML_ROPE_TYPE_NEOX, 32, 0.0),
+        (0, 64, 0.5),
+    ],
+    ids=["normal", "neox", "neox-partial-rotation", "with-bias-not-fused"],
+)
+def test_rope_then_scale_matches_the_cpu(webgpu_device, mode, n_dims, bias):
+    # the op pair through ggml (the scale's input read by nothing else, so it is fused unless the
+    # SCALE has a bias); with n_dims < ne0 the unrotated values are scaled too
+    rng = np.random.default_rng(32)
+    head, heads, tokens = 64, 4, 5
+    x = rng.uniform(-1, 1, (tokens, heads, head)).astype(np.float32)
+    pos = np.array([3, 17, 40, 41, 200], np.int32)
+    inputs = [(lib.GGML_TYPE_F32, (head, heads, tokens), x), (lib.GGML_TYPE_I32, (tokens,), pos)]
+
+    def build(ctx, a, p):
+        roped = lib.ggml_rope_ext(
+            ctx, a, p, ffi.NULL, n_dims, mode, 0, 10000.0, 1.0, 0.0, 1.0, 32.0, 1.0
+        )
+        return lib.ggml_scale_bias(ctx, roped, 0.125, bias)
+
+    cpu = lib.ggml_backend_init_by_type(lib.GGML_BACKEND_DEVICE_TYPE_CPU, ffi.NULL)
+    webgpu = lib.ggml_backend_init_by_type(lib.GGML_BACKEND_DEVICE_TYPE_GPU, ffi.NULL)
+    assert cpu != ffi.NULL and webgpu != ffi.NULL
+    try:
+        want = run_op(cpu, inputs, build)
+        got = run_op(webgpu, inputs, build)
+    finally:
+        lib.ggml_backend_free(webgpu)
+        lib.ggml_backend_free(cpu)
+    assert float(np.abs(want).max()) > 0.05
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
