@@ -205,3 +205,69 @@ def test_rope_then_scale_matches_the_cpu(webgpu_device, mode, n_dims, bias):
         lib.ggml_backend_free(cpu)
     assert float(np.abs(want).max()) > 0.05
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def _norm_add_norm(ctx, x, w1, r, w2, *, residual_first=False, graph_nodes=False):
+    # Gemma 3's post-norm, residual ADD and next pre-norm; the ADD's result and the last MUL's are
+    # both read back (the ADD's is the residual stream a model reads again later)
+    if graph_nodes:  # results of earlier nodes, which the allocator may write over in place
+        x, r = lib.ggml_scale(ctx, x, 1.0), lib.ggml_scale(ctx, r, 1.0)
+    post = lib.ggml_mul(ctx, lib.ggml_rms_norm(ctx, x, 1e-6), w1)
+    s = lib.ggml_add(ctx, r, post) if residual_first else lib.ggml_add(ctx, post, r)
+    return s, lib.ggml_mul(ctx, lib.ggml_rms_norm(ctx, s, 0.1), w2)
+
+
+@pytest.mark.parametrize(
+    ("graph_alloc", "buffers", "ne0", "rows"),
+    [
+        (False, (), 640, 3),
+        (True, (), 1000, 2),
+        (False, (0, 1, 0, 1), 640, 1),
+        (True, (0, 1, 0, 2), 1000, 1),
+    ],
+    ids=["weights-with-activations", "in-place", "weights-in-one-buffer", "weights-in-two-buffers"],
+)
+def test_norm_add_norm_chain_matches_the_cpu(webgpu_device, graph_alloc, buffers, ne0, rows):
+    # patches/0033 fuses RMS_NORM -> MUL -> ADD -> RMS_NORM -> MUL into one dispatch, binding the
+    # weights with the activations or on their own; the small first source makes eps matter
+    rng = np.random.default_rng(33)
+    x = rng.uniform(-0.05, 0.05, (rows, ne0)).astype(np.float32)
+    r = rng.uniform(-1, 1, (rows, ne0)).astype(np.float32)
+    w1, w2 = (rng.uniform(0.5, 1.5, ne0).astype(np.float32) for _ in range(2))
+    f32 = lib.GGML_TYPE_F32
+    inputs = [(f32, (ne0, rows), x), (f32, (ne0,), w1), (f32, (ne0, rows), r), (f32, (ne0,), w2)]
+
+    def build(ctx, *t):
+        return _norm_add_norm(ctx, *t, residual_first=graph_alloc, graph_nodes=graph_alloc)
+
+    cpu = lib.ggml_backend_init_by_type(lib.GGML_BACKEND_DEVICE_TYPE_CPU, ffi.NULL)
+    webgpu = lib.ggml_backend_init_by_type(lib.GGML_BACKEND_DEVICE_TYPE_GPU, ffi.NULL)
+    assert cpu != ffi.NULL and webgpu != ffi.NULL
+    try:
+        want = run_op(cpu, inputs, build, graph_alloc=graph_alloc, buffers=buffers)
+        got = run_op(webgpu, inputs, build, graph_alloc=graph_alloc, buffers=buffers)
+    finally:
+        lib.ggml_backend_free(webgpu)
+        lib.ggml_backend_free(cpu)
+    norm = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + 1e-6)
+    s = norm * w1 + r
+    out = s / np.sqrt((s * s).mean(axis=1, keepdims=True) + 0.1) * w2
+    np.testing.assert_allclose(want[0], s.ravel(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(want[1], out.ravel(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-5, rtol=1e-5)
+
+
+def test_norm_add_norm_fused_gives_the_logits_of_separate_dispatches(webgpu_device, monkeypatch):
+    # patches/0033 in Gemma 3 (two such chains a layer); the fused kernel sums the squares in
+    # another order, so the logits are close rather than identical
+    with Model(model_path("gemma-3-270m"), device="webgpu") as gemma:
+        prompt = gemma.tokenizer.encode(PROMPT)
+        follow = gemma.tokenizer.encode(" Paris, a city on the Seine", add_special=False)[:3]
+        fused = _decode_step_logits(gemma, prompt, follow)
+        with monkeypatch.context() as env:
+            env.setenv("GGML_WEBGPU_FUSE_NORM_ADD_NORM", "0")
+            separate = _decode_step_logits(gemma, prompt, follow)
+    assert np.isfinite(fused).all() and float(np.abs(fused).max()) > 1.0
+    np.testing.assert_allclose(fused, separate, atol=0.2)
+    np.testing.assert_array_equal(fused.argmax(axis=1), separate.argmax(axis=1))
