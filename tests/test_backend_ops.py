@@ -68,6 +68,10 @@ CI_CASES: dict[str, str | None] = {
     "RMS_NORM": None,  # 51/51, 3 s
     "NORM": None,  # 50/50, 2 s
     "ROPE": None,  # 464/464, 32 s
+    # the fused chains: RMS_NORM with its MUL, the ADDs before and the ROPE after it (80 cases
+    # take patches/0034's dispatch), 222/222, 11 s
+    "RMS_NORM_MUL_ROPE": None,
+    "RMS_NORM_MUL_ADD": None,  # 36/36, 2 s
     "SOFT_MAX": None,  # 214/214, 19 s
     "SWIGLU,GEGLU": None,  # GLU: 48/48, 3 s
     "SILU,GELU": None,  # UNARY: 16/16, 3 s

@@ -258,16 +258,78 @@ def test_norm_add_norm_chain_matches_the_cpu(webgpu_device, graph_alloc, buffers
     np.testing.assert_allclose(got[1], want[1], atol=1e-5, rtol=1e-5)
 
 
-def test_norm_add_norm_fused_gives_the_logits_of_separate_dispatches(webgpu_device, monkeypatch):
-    # patches/0033 in Gemma 3 (two such chains a layer); the fused kernel sums the squares in
-    # another order, so the logits are close rather than identical
+@pytest.mark.parametrize("switch", ["GGML_WEBGPU_FUSE_NORM_ADD_NORM", "GGML_WEBGPU_FUSE_NORM_ROPE"])
+def test_gemma_norm_fusions_give_the_logits_of_separate_dispatches(
+    webgpu_device, monkeypatch, switch
+):
+    # patches/0033 (two such chains a layer) and 0034 (Q's and K's head norms with their ROPE) in
+    # Gemma 3; the fused kernels sum the squares in another order, so the logits are close rather
+    # than identical
     with Model(model_path("gemma-3-270m"), device="webgpu") as gemma:
         prompt = gemma.tokenizer.encode(PROMPT)
         follow = gemma.tokenizer.encode(" Paris, a city on the Seine", add_special=False)[:3]
         fused = _decode_step_logits(gemma, prompt, follow)
         with monkeypatch.context() as env:
-            env.setenv("GGML_WEBGPU_FUSE_NORM_ADD_NORM", "0")
+            env.setenv(switch, "0")
             separate = _decode_step_logits(gemma, prompt, follow)
     assert np.isfinite(fused).all() and float(np.abs(fused).max()) > 1.0
     np.testing.assert_allclose(fused, separate, atol=0.2)
     np.testing.assert_array_equal(fused.argmax(axis=1), separate.argmax(axis=1))
+
+
+@pytest.mark.parametrize(
+    ("mode", "scale", "graph_alloc"),
+    [
+        (0, 1.0, False),
+        (lib.GGML_ROPE_TYPE_NEOX, 1.0, True),
+        (lib.GGML_ROPE_TYPE_NEOX, 0.0625, True),
+        (0, 0.0625, False),
+    ],
+    ids=["normal", "neox-in-place", "neox-scaled-in-place", "normal-scaled"],
+)
+def test_head_norm_then_rope_matches_the_cpu(webgpu_device, mode, scale, graph_alloc):
+    # patches/0034: RMS_NORM of each head, MUL by the norm's weight row and ROPE (and the SCALE
+    # after it, as Gemma 3's Q has) in one dispatch, a workgroup per head; in place when the graph
+    # allocator lets each op write over its source. The weight row is in a buffer of its own, as a
+    # model's is.
+    rng = np.random.default_rng(34)
+    head, heads, tokens = 256, 4, 3
+    x = rng.uniform(-0.05, 0.05, (tokens, heads, head)).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, head).astype(np.float32)
+    pos = np.array([5, 6, 300], np.int32)
+    f32 = lib.GGML_TYPE_F32
+    inputs = [
+        (f32, (head, heads, tokens), x),
+        (f32, (head,), w),
+        (lib.GGML_TYPE_I32, (tokens,), pos),
+    ]
+
+    def build(ctx, a, weight, p):
+        if graph_alloc:  # the result of an earlier node, as the Q and K mat-vecs' are
+            a = lib.ggml_scale(ctx, a, 1.0)
+        normed = lib.ggml_mul(ctx, lib.ggml_rms_norm(ctx, a, 1e-3), weight)
+        roped = lib.ggml_rope_ext(
+            ctx, normed, p, ffi.NULL, head, mode, 0, 10000.0, 1.0, 0.0, 1.0, 32.0, 1.0
+        )
+        return roped if scale == 1.0 else lib.ggml_scale(ctx, roped, scale)
+
+    cpu = lib.ggml_backend_init_by_type(lib.GGML_BACKEND_DEVICE_TYPE_CPU, ffi.NULL)
+    webgpu = lib.ggml_backend_init_by_type(lib.GGML_BACKEND_DEVICE_TYPE_GPU, ffi.NULL)
+    assert cpu != ffi.NULL and webgpu != ffi.NULL
+    kw = {"graph_alloc": graph_alloc, "buffers": (0, 1, 0)}
+    try:
+        want = run_op(cpu, inputs, build, **kw)
+        got = run_op(webgpu, inputs, build, **kw)
+    finally:
+        lib.ggml_backend_free(webgpu)
+        lib.ggml_backend_free(cpu)
+    # position 0 does not rotate: there the result is the scaled norm itself
+    normed = x / np.sqrt((x * x).mean(axis=2, keepdims=True) + 1e-3) * w
+    assert float(np.abs(want).max()) > 0.05
+    np.testing.assert_allclose(
+        np.linalg.norm(want.reshape(tokens, heads, head), axis=2),
+        scale * np.linalg.norm(normed, axis=2),
+        rtol=1e-4,
+    )
+    # (the GPU's sine and cosine at position 300 differ from the CPU's by up to 5e-5, fused or not)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
