@@ -15,6 +15,8 @@ as a second line, `LW_SECTIONS ...`:
   submit     the parameter upload and Queue::Submit;
   between    host time from the end of one call to the start of the next (llama.cpp's graph
              building and input upload, and waiting for the previous token's results);
+  wait       of that, the time spent waiting for the GPU: in the backend's synchronize (the
+             GPU's work up to then finishing) and in get_tensor (mapping its staging buffer);
 with the dispatches per graph and how many graphs were replayed without encoding (patches/0018:
 their encode and dispatch figures are 0, so medians over mostly replayed graphs show the replay),
 and once, `LW_OPS ...`, how many dispatches each op took in the last encoded graph (an op fused
@@ -40,9 +42,9 @@ static double median_after_warmup(const std::vector<double> & xs) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
 }
-enum section { ENCODE, DAWN_PASS, FINISH, SUBMIT, BETWEEN, DISPATCHES, N_SECTIONS };
-static const char * section_names[N_SECTIONS] = { "encode",  "dawn_pass", "finish",
-                                                  "submit",  "between",   "dispatches" };
+enum section { ENCODE, DAWN_PASS, FINISH, SUBMIT, BETWEEN, WAIT, DISPATCHES, N_SECTIONS };
+static const char * section_names[N_SECTIONS] = { "encode",  "dawn_pass", "finish",    "submit",
+                                                  "between", "wait",      "dispatches" };
 struct stats {
     std::vector<double>             us;
     size_t                          nodes = 0;
@@ -52,10 +54,13 @@ struct stats {
     bool                            has_exit = false;
     std::map<std::string, unsigned> ops, graph_ops;
     size_t                          replayed = 0;
+    double                          waited   = 0;  // since the last graph (get_tensor's map waits)
     void begin_graph() {
         for (double & a : acc) {
             a = 0;
         }
+        acc[WAIT] = waited;
+        waited    = 0;
         if (has_exit) {
             acc[BETWEEN] = us_since(last_exit);
         }
@@ -166,6 +171,25 @@ SECTIONS = [
         "    }\n#endif\n\n    return result;\n}\n",
         "    }\n    lw_measure::g.acc[lw_measure::DAWN_PASS] += lw_measure::us_since(lw_d0);\n"
         "#endif\n\n    return result;\n}\n",
+        1,
+    ),
+    (
+        "    if (!ggml_backend_webgpu_map_buffer(buf_ctx->global_ctx, "
+        "buf_ctx->global_ctx->get_tensor_staging_buf,\n"
+        "                                        wgpu::MapMode::Read, 0, final_size)) {\n",
+        "    auto       lw_w0     = lw_measure::clock::now();\n"
+        "    const bool lw_mapped = ggml_backend_webgpu_map_buffer(\n"
+        "        buf_ctx->global_ctx, buf_ctx->global_ctx->get_tensor_staging_buf, "
+        "wgpu::MapMode::Read, 0, final_size);\n"
+        "    lw_measure::g.waited += lw_measure::us_since(lw_w0);\n"
+        "    if (!lw_mapped) {\n",
+        1,
+    ),
+    (
+        "    ggml_backend_webgpu_wait_queue(backend_ctx->webgpu_ctx->global_ctx);\n}\n",
+        "    auto lw_q0 = lw_measure::clock::now();\n"
+        "    ggml_backend_webgpu_wait_queue(backend_ctx->webgpu_ctx->global_ctx);\n"
+        "    lw_measure::g.waited += lw_measure::us_since(lw_q0);\n}\n",
         1,
     ),
 ]

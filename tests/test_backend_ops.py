@@ -267,6 +267,26 @@ def test_forced_mat_mul_path_matches_cpu(path, test_backend_ops, dawn_shared_lib
     assert run.passed is not None and run.passed >= at_least, run.tail()
 
 
+# The vec flash-attention path (up to 20 query rows) with other KV tile sizes than the default 8
+# (patches/0035): 4 gives caches of 512 rows 32 splits, the most its reduce takes; 32 is upstream's.
+FA_VEC_CASES = (
+    r"^hsk=(64|128),hsv=(64|128),nh=4,nr23=\[(1|4),1\],kv=(113|512),nb=(1|3),mask=1,"
+    + _FA_TAIL
+    + r"type_K=(f16|q8_0),type_V=(f16|q8_0),permute=\[0,1,2,3\]"
+)
+
+
+@pytest.mark.webgpu
+@pytest.mark.parametrize("kv_tile", ["4", "32"])
+def test_flash_attn_vec_kv_tiles_match_cpu(kv_tile, test_backend_ops, dawn_shared_library):
+    env = {"GGML_WEBGPU_FLASH_ATTN_VEC_KV_TILE": kv_tile}
+    run = run_ops(
+        test_backend_ops, dawn_shared_library, "FLASH_ATTN_EXT", FA_VEC_CASES, CI_TIMEOUT_S, env
+    )
+    check(run)
+    assert run.passed is not None and run.passed >= 16, run.tail()
+
+
 @pytest.mark.webgpu
 @pytest.mark.slow
 @pytest.mark.parametrize("ops", list(CI_CASES))
