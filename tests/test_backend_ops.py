@@ -267,8 +267,9 @@ def test_forced_mat_mul_path_matches_cpu(path, test_backend_ops, dawn_shared_lib
     assert run.passed is not None and run.passed >= at_least, run.tail()
 
 
-# The vec flash-attention path (up to 20 query rows) with other KV tile sizes than the default 8
-# (patches/0035): 4 gives caches of 512 rows 32 splits, the most its reduce takes; 32 is upstream's.
+# The vec flash-attention path (up to 20 query rows) with other KV tiles than the 8 rows that
+# patches/0035 picks for caches this short: 4 splits a cache of 512 rows 32 ways, the most its
+# reduce takes; 32 is upstream's tile, which 0035 keeps for caches of 2048 rows and more.
 FA_VEC_CASES = (
     r"^hsk=(64|128),hsv=(64|128),nh=4,nr23=\[(1|4),1\],kv=(113|512),nb=(1|3),mask=1,"
     + _FA_TAIL
