@@ -31,6 +31,8 @@
 #   bash bench/gpu_compare.sh mv-bw     the decode mat-vecs (n = 1) of each model's matrix shapes and
 #                                       weight types, weights read from memory (MM_DISTINCT_MB), GB/s,
 #                                       with each carried build
+#   bash bench/gpu_compare.sh dispatch-cost  test-backend-ops perf of a small ADD on WebGPU, Vulkan and
+#                                       CUDA: what one small dependent kernel costs on each
 #   bash bench/gpu_compare.sh sections      where a decode step's host time goes (webgpu_variants.sh's
 #                                       sections-all build), and GPU time per shader where a
 #                                       variants/gpuprof build is carried  (same carry as setup)
@@ -104,15 +106,16 @@ vulkan_env() {
 
 build() {  # runs in the background from part1
     local common=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_APP=OFF
-        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF
         -DLLAMA_OPENSSL=OFF)
     [ "${1:-}" = vk ] || (cmake -S $S/llama.cpp -B $S/build-cuda "${common[@]}" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-        && cmake --build $S/build-cuda --target llama-bench -j 10 && touch $S/cuda.ok) > $S/build-cuda.log 2>&1 &
+        && cmake --build $S/build-cuda --target llama-bench test-backend-ops -j 10 && touch $S/cuda.ok) \
+        > $S/build-cuda.log 2>&1 &
     (export LD_LIBRARY_PATH=$S/vk/usr/lib/x86_64-linux-gnu
      cmake -S $S/llama.cpp-vk -B $S/build-vk "${common[@]}" -DGGML_VULKAN=ON -DCMAKE_PREFIX_PATH=$S/vk/usr \
         -DVulkan_INCLUDE_DIR=$S/vk/usr/include -DVulkan_LIBRARY=$S/vk/usr/lib/x86_64-linux-gnu/libvulkan.so.1 \
         -DVulkan_GLSLC_EXECUTABLE=$S/vk/usr/bin/glslc \
-        && cmake --build $S/build-vk --target llama-bench -j 6 && touch $S/vk.ok) > $S/build-vk.log 2>&1 &
+        && cmake --build $S/build-vk --target llama-bench test-backend-ops -j 6 && touch $S/vk.ok) > $S/build-vk.log 2>&1 &
     wait
 }
 
@@ -311,6 +314,21 @@ bench-all)
         --ours --ours-gpu -r "${REPS:-3}" --json "$OUT/compare-all.json" 2>&1 | tee "$OUT/compare-all.txt"
     PYTHONUNBUFFERED=1 python3 bench/decode.py --model $M/SmolLM2-135M-Instruct.Q4_1.gguf --device cpu \
         -n 128 -r 5 --llama-bench $T/bin/llama-bench --json "$OUT/decode-cpu.json" 2>&1 | tee "$OUT/decode-cpu.txt"
+    ;;
+dispatch-cost)
+    # what one small dependent kernel costs on each backend: test-backend-ops perf of an ADD of 4096
+    # floats (the op repeated through one graph, as decode's small kernels follow each other)
+    vulkan_env
+    export LD_LIBRARY_PATH=$T/bin LLAMA_WEBGPU_DAWN_LIB=$T/libwebgpu_dawn.so
+    for run in "WebGPU:$T/bin/test-backend-ops" "Vulkan0:$S/build-vk/bin/test-backend-ops" \
+        "CUDA0:$S/build-cuda/bin/test-backend-ops"; do
+        [ -x "${run#*:}" ] || continue
+        echo "== ${run%%:*}"
+        pre=(env GGML_BACKEND_PATH=$T/bin/libggml-webgpu.so)
+        [ "${run%%:*}" = WebGPU ] || pre=(env -u GGML_BACKEND_PATH)  # the CUDA and Vulkan builds are static
+        "${pre[@]}" timeout 120 "${run#*:}" perf -b "${run%%:*}" -o ADD \
+            -p 'type=f32,ne=\[4096,1,1,1\],nr=\[1,1,1,1\]' 2>&1 | grep -E "ADD\(" || true
+    done 2>&1 | tee "$OUT/dispatch-cost.txt"
     ;;
 bench-ours)
     # our Python API against llama-bench: WebGPU (all tests, same library), then CPU decode

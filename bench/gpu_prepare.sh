@@ -38,6 +38,6 @@ cp "$model.sha256" $D/m2/
 python bench/make_model.py head "$(dirname "$model")/gemma-3-270m-q4_k_m.gguf" $D/m2/gemma-3-270m.head
 tar -cJf $D/src/llama.cpp-src.tar.xz -C vendor --exclude='*.stamp.json' \
     llama.cpp/CMakeLists.txt llama.cpp/cmake llama.cpp/ggml llama.cpp/src llama.cpp/include \
-    llama.cpp/common llama.cpp/vendor llama.cpp/tools llama.cpp/licenses
+    llama.cpp/common llama.cpp/vendor llama.cpp/tools llama.cpp/licenses llama.cpp/tests
 (cd $D/vk && rm -f ./*.deb && apt-get download -q glslc libshaderc1 libvulkan-dev libvulkan1 spirv-headers >/dev/null)
 du -sh $D/* $D/variants/* 2>/dev/null
