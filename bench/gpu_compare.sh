@@ -5,7 +5,7 @@
 #
 #   bash bench/gpu_compare.sh part1     carry .devcarry/m1 .devcarry/src .devcarry/vk: first model
 #                                       half, llama.cpp source, Vulkan build tools; starts the CUDA
-#                                       and Vulkan builds of llama-bench in the background
+#                                       and Vulkan builds of llama-bench and test-backend-ops in the background
 #   bash bench/gpu_compare.sh stash1    (instead of part1, carry .devcarry/m1) no CUDA/Vulkan builds
 #   bash bench/gpu_compare.sh part2     carry .devcarry/m2: second half + the Gemma-3-270M head; waits
 #                                       for the builds (NOWAIT=1: does not; `wait-builds` does later)
